@@ -1,0 +1,1 @@
+"""Droplet3D generation stage: image + dense text -> 360-degree orbit video."""

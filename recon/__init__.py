@@ -1,0 +1,1 @@
+"""Poses, Gaussian-splat fitting and asset export for orbit videos with known circular poses."""
