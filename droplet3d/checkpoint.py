@@ -1,0 +1,219 @@
+"""Find and check a `Droplet3D-5B/` folder as published, without loading its 30 GB of weights.
+
+Layout (the release, read offline from a local folder):
+
+    Droplet3D-5B/
+      model_index.json
+      scheduler/scheduler_config.json
+      text_encoder/config.json + model.safetensors | model.safetensors.index.json + shards
+      tokenizer/spiece.model, tokenizer_config.json, special_tokens_map.json (no tokenizer.json)
+      transformer/config.json + diffusion_pytorch_model.safetensors (or sharded with an index)
+      vae/config.json + diffusion_pytorch_model.safetensors (or sharded with an index)
+      FLUX.1-Kontext-dev/                     (only for --view-align)
+      pytorch_lora_weights.safetensors        (only for --view-align)
+
+Checking reads only JSON files and safetensors headers, so `droplet3d info --ckpt` can say what
+is missing or mismatched in seconds.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from droplet3d.errors import Droplet3DError
+
+KONTEXT_DIR = "FLUX.1-Kontext-dev"
+LORA_FILE = "pytorch_lora_weights.safetensors"
+
+
+@dataclass(frozen=True)
+class CheckpointPaths:
+    """Resolved paths of one checkpoint folder."""
+
+    root: Path
+
+    @property
+    def transformer(self) -> Path:
+        return self.root / "transformer"
+
+    @property
+    def vae(self) -> Path:
+        return self.root / "vae"
+
+    @property
+    def text_encoder(self) -> Path:
+        return self.root / "text_encoder"
+
+    @property
+    def tokenizer(self) -> Path:
+        return self.root / "tokenizer"
+
+    @property
+    def scheduler(self) -> Path:
+        return self.root / "scheduler"
+
+    @property
+    def kontext(self) -> Path:
+        return self.root / KONTEXT_DIR
+
+    @property
+    def lora(self) -> Path:
+        return self.root / LORA_FILE
+
+
+@dataclass
+class CheckReport:
+    """Problems found in a checkpoint folder; empty `problems` means it will load."""
+
+    root: Path
+    problems: list[str] = field(default_factory=list)
+    found: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+def weight_files(folder: Path, stem: str) -> list[Path]:
+    """The safetensors files holding `stem` weights: one file, or every shard named by the index.
+
+    Raises Droplet3DError naming the first missing file.
+    """
+    single = folder / f"{stem}.safetensors"
+    index = folder / f"{stem}.safetensors.index.json"
+    if single.is_file():
+        return [single]
+    if index.is_file():
+        try:
+            weight_map = json.loads(index.read_text())["weight_map"]
+        except (OSError, ValueError, KeyError) as exc:
+            raise Droplet3DError(f"unreadable shard index {index}: {exc}") from exc
+        shards = sorted({folder / name for name in weight_map.values()})
+        for shard in shards:
+            if not shard.is_file():
+                raise Droplet3DError(f"checkpoint is incomplete: missing shard {shard} (listed in {index.name})")
+        return shards
+    raise Droplet3DError(f"checkpoint is incomplete: missing {single} (or a sharded {index.name})")
+
+
+def read_json(path: Path) -> dict:
+    if not path.is_file():
+        raise Droplet3DError(f"checkpoint is incomplete: missing {path}")
+    try:
+        return json.loads(path.read_text())
+    except ValueError as exc:
+        raise Droplet3DError(f"{path} is not valid JSON: {exc}") from exc
+
+
+def _require(path: Path) -> None:
+    if not path.exists():
+        raise Droplet3DError(f"checkpoint is incomplete: missing {path}")
+
+
+def resolve_checkpoint(root: Path, view_align: bool = False) -> CheckpointPaths:
+    """Check the files the generation stack reads exist; raise naming the first missing one."""
+    root = Path(root)
+    if not root.is_dir():
+        raise Droplet3DError(f"checkpoint folder {root} does not exist (download Droplet3D-5B and pass its path)")
+    paths = CheckpointPaths(root)
+    read_json(paths.scheduler / "scheduler_config.json")
+    read_json(paths.transformer / "config.json")
+    weight_files(paths.transformer, "diffusion_pytorch_model")
+    vae_config = read_json(paths.vae / "config.json")
+    weight_files(paths.vae, "diffusion_pytorch_model")
+    read_json(paths.text_encoder / "config.json")
+    weight_files(paths.text_encoder, "model")
+    _require(paths.tokenizer / "spiece.model")
+    _require(paths.tokenizer / "tokenizer_config.json")
+    _check_vae_blocks(vae_config, paths.vae / "config.json")
+    if view_align:
+        _require(paths.kontext / "model_index.json")
+        _require(paths.lora)
+    return paths
+
+
+def _check_vae_blocks(config: dict, path: Path) -> None:
+    from droplet3d.vae import KNOWN_BLOCK_TYPES
+
+    for key in ("down_block_types", "up_block_types"):
+        unknown = [name for name in config.get(key, []) if name not in KNOWN_BLOCK_TYPES]
+        if unknown:
+            raise Droplet3DError(f"{path}: unknown {key} {unknown}; expected Droplet3D*/CogVideoX* blocks")
+
+
+def header_shapes(files: list[Path]) -> dict[str, tuple[int, ...]]:
+    """Tensor name -> shape from safetensors headers (reads a few KB per file, no tensor data)."""
+    from safetensors import safe_open
+
+    shapes: dict[str, tuple[int, ...]] = {}
+    for file in files:
+        with safe_open(str(file), framework="pt") as handle:
+            for name in handle.keys():  # noqa: SIM118 - safe_open handles are not dicts
+                shapes[name] = tuple(handle.get_slice(name).get_shape())
+    return shapes
+
+
+def compare_shapes(
+    component: str, expected: dict[str, tuple[int, ...]], found: dict[str, tuple[int, ...]]
+) -> list[str]:
+    """Describe missing, unexpected and mis-shaped tensors in a few lines."""
+    problems = []
+    missing = sorted(set(expected) - set(found))
+    unexpected = sorted(set(found) - set(expected))
+    wrong = sorted(k for k in set(expected) & set(found) if expected[k] != found[k])
+    if missing:
+        problems.append(f"{component}: {len(missing)} tensors missing, e.g. {missing[:3]}")
+    if unexpected:
+        problems.append(f"{component}: {len(unexpected)} unexpected tensors, e.g. {unexpected[:3]}")
+    for key in wrong[:3]:
+        problems.append(f"{component}: {key} has shape {found[key]}, config implies {expected[key]}")
+    if len(wrong) > 3:
+        problems.append(f"{component}: {len(wrong) - 3} more tensors with mismatched shapes")
+    return problems
+
+
+def check_checkpoint(root: Path, view_align: bool = False) -> CheckReport:
+    """Full offline check: files present, configs readable, weight names/shapes match the configs.
+
+    Builds each model on the meta device (no memory) and compares its parameter shapes with the
+    safetensors headers.
+    """
+    report = CheckReport(Path(root))
+    try:
+        paths = resolve_checkpoint(root, view_align=view_align)
+    except Droplet3DError as exc:
+        report.problems.append(str(exc))
+        return report
+
+    from accelerate import init_empty_weights
+    from transformers import T5Config, T5EncoderModel
+
+    from droplet3d.models import build_transformer, build_vae
+
+    builders = {
+        "transformer": (lambda: build_transformer(paths.transformer), "diffusion_pytorch_model"),
+        "vae": (lambda: build_vae(paths.vae), "diffusion_pytorch_model"),
+        "text_encoder": (
+            lambda: T5EncoderModel(T5Config.from_pretrained(paths.text_encoder)),
+            "model",
+        ),
+    }
+    for component, (build, stem) in builders.items():
+        folder = paths.root / component
+        try:
+            with init_empty_weights():
+                model = build()
+            expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+            # T5 ties the encoder's token embedding to `shared`; the file may hold either name.
+            if component == "text_encoder":
+                expected.pop("encoder.embed_tokens.weight", None)
+            found = header_shapes(weight_files(folder, stem))
+            if component == "text_encoder":
+                found.pop("encoder.embed_tokens.weight", None)
+            report.problems += compare_shapes(component, expected, found)
+            report.found[component] = f"{sum(1 for _ in found)} tensors, {type(model).__name__}"
+        except Exception as exc:  # any failure here is a finding to report, not a crash
+            report.problems.append(f"{component}: {exc}")
+    return report
