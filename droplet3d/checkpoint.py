@@ -93,7 +93,9 @@ def weight_files(folder: Path, stem: str) -> list[Path]:
         shards = sorted({folder / name for name in weight_map.values()})
         for shard in shards:
             if not shard.is_file():
-                raise Droplet3DError(f"checkpoint is incomplete: missing shard {shard} (listed in {index.name})")
+                raise Droplet3DError(
+                    f"checkpoint is incomplete: missing shard {shard} (listed in {index.name})"
+                )
         return shards
     raise Droplet3DError(f"checkpoint is incomplete: missing {single} (or a sharded {index.name})")
 
@@ -116,7 +118,9 @@ def resolve_checkpoint(root: Path, view_align: bool = False) -> CheckpointPaths:
     """Check the files the generation stack reads exist; raise naming the first missing one."""
     root = Path(root)
     if not root.is_dir():
-        raise Droplet3DError(f"checkpoint folder {root} does not exist (download Droplet3D-5B and pass its path)")
+        raise Droplet3DError(
+            f"checkpoint folder {root} does not exist (download Droplet3D-5B and pass its path)"
+        )
     paths = CheckpointPaths(root)
     read_json(paths.scheduler / "scheduler_config.json")
     read_json(paths.transformer / "config.json")

@@ -13,7 +13,9 @@ import torch.nn.functional as F
 from PIL import Image
 
 
-def image_to_video(image: Image.Image, frames: int, height: int, width: int) -> tuple[torch.Tensor, torch.Tensor]:
+def image_to_video(
+    image: Image.Image, frames: int, height: int, width: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Tile the resized image over `frames` frames.
 
     Returns (video [1, 3, F, H, W] in [0, 1], mask [1, 1, F, H, W] with 0 on frame 0 and 255 after),
@@ -62,5 +64,7 @@ def resize_mask(mask: torch.Tensor, latent_shape: tuple[int, ...]) -> torch.Tens
     first = F.interpolate(mask[:, :, :1], size=(1, height, width), mode="trilinear", align_corners=False)
     if frames == 1:
         return first
-    rest = F.interpolate(mask[:, :, 1:], size=(frames - 1, height, width), mode="trilinear", align_corners=False)
+    rest = F.interpolate(
+        mask[:, :, 1:], size=(frames - 1, height, width), mode="trilinear", align_corners=False
+    )
     return torch.cat([first, rest], dim=2)

@@ -63,13 +63,19 @@ class Droplet3DPipeline(DiffusionPipeline):
     ) -> None:
         super().__init__()
         self.register_modules(
-            tokenizer=tokenizer, text_encoder=text_encoder, vae=vae, transformer=transformer, scheduler=scheduler
+            tokenizer=tokenizer,
+            text_encoder=text_encoder,
+            vae=vae,
+            transformer=transformer,
+            scheduler=scheduler,
         )
         self.vae_scale_spatial = 2 ** (len(vae.config.block_out_channels) - 1)
         self.vae_scale_temporal = vae.config.temporal_compression_ratio
 
     # ---------------------------------------------------------------- text
-    def tokenize(self, prompts: list[str], max_tokens: int = MAX_TEXT_TOKENS) -> tuple[torch.Tensor, list[str]]:
+    def tokenize(
+        self, prompts: list[str], max_tokens: int = MAX_TEXT_TOKENS
+    ) -> tuple[torch.Tensor, list[str]]:
         """T5 ids [B, max_tokens] (padded/truncated) and, per prompt, the text lost to truncation."""
         ids = self.tokenizer(
             prompts, padding="max_length", max_length=max_tokens, truncation=True, return_tensors="pt"
@@ -100,7 +106,7 @@ class Droplet3DPipeline(DiffusionPipeline):
         generator: torch.Generator | None,
         dtype: torch.dtype,
     ) -> torch.Tensor:
-        """inpaint latents [1, F_lat, 1 + 16, h, w] for video [1, 3, F, H, W] in [0,1] and mask [1, 1, F, H, W]."""
+        """Inpaint latents [1, F_lat, 17, h, w] from video [1, 3, F, H, W] in [0,1], mask [1, 1, F, H, W]."""
         device = self._execution_device
         pixels, mask01 = masked_video(video.to(device), mask.to(device))
         if self.transformer.config.add_noise_in_inpaint_model:
@@ -142,7 +148,9 @@ class Droplet3DPipeline(DiffusionPipeline):
         timesteps = self.scheduler.timesteps
 
         # The initial noise is drawn first, as in the reference, so the same seed gives the same noise.
-        latents = randn_tensor(self.latent_shape(frames, height, width), generator=generator, device=device, dtype=dtype)
+        latents = randn_tensor(
+            self.latent_shape(frames, height, width), generator=generator, device=device, dtype=dtype
+        )
         latents = latents * self.scheduler.init_noise_sigma
         inpaint = self.encode_condition(video, mask, noise_aug_strength, generator, dtype)
         inpaint_in = torch.cat([inpaint] * 2) if do_cfg else inpaint
@@ -152,15 +160,29 @@ class Droplet3DPipeline(DiffusionPipeline):
             model_in = self.scheduler.scale_model_input(model_in, t)
             timestep = t.expand(model_in.shape[0])
             noise_pred = self.transformer(
-                hidden_states=model_in, encoder_hidden_states=text, timestep=timestep, inpaint_latents=inpaint_in
+                hidden_states=model_in,
+                encoder_hidden_states=text,
+                timestep=timestep,
+                inpaint_latents=inpaint_in,
             )[0].float()
             if callback is not None:
-                callback(i, int(t), {"hidden_states": model_in, "encoder_hidden_states": text,
-                                     "timestep": timestep, "inpaint_latents": inpaint_in, "output": noise_pred})
+                callback(
+                    i,
+                    int(t),
+                    {
+                        "hidden_states": model_in,
+                        "encoder_hidden_states": text,
+                        "timestep": timestep,
+                        "inpaint_latents": inpaint_in,
+                        "output": noise_pred,
+                    },
+                )
             if do_cfg:
                 uncond, cond = noise_pred.chunk(2)
                 noise_pred = uncond + guidance_scale * (cond - uncond)
-            latents = self.scheduler.step(noise_pred, t, latents, eta=0.0, generator=generator, return_dict=False)[0]
+            latents = self.scheduler.step(
+                noise_pred, t, latents, eta=0.0, generator=generator, return_dict=False
+            )[0]
             latents = latents.to(dtype)
 
         if not decode:

@@ -149,7 +149,10 @@ class Droplet3DTransformer3DModel(ModelMixin, ConfigMixin):
         dim = table.shape[-1]
         video = table[:, self.config.max_text_seq_length :].view(1, grid_t, grid_h, grid_w, dim)
         video = F.interpolate(
-            video.permute(0, 4, 1, 2, 3), size=(grid_t, height // p, width // p), mode="trilinear", align_corners=False
+            video.permute(0, 4, 1, 2, 3),
+            size=(grid_t, height // p, width // p),
+            mode="trilinear",
+            align_corners=False,
         )
         video = video.permute(0, 2, 3, 4, 1).reshape(1, -1, dim)
         seq_len = frames * (height // p) * (width // p)
@@ -163,7 +166,7 @@ class Droplet3DTransformer3DModel(ModelMixin, ConfigMixin):
         inpaint_latents: torch.Tensor | None = None,
         return_dict: bool = False,
     ) -> tuple[torch.Tensor]:
-        """Predict v for latents [B, F, 16, H, W] given text [B, L, C_text] and inpaint latents [B, F, 17, H, W]."""
+        """Predict v for latents [B, F, 16, H, W], text [B, L, C_text], inpaint latents [B, F, 17, H, W]."""
         batch, frames, channels, height, width = hidden_states.shape
         p = self.config.patch_size
 
