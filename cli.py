@@ -27,6 +27,16 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
+@app.callback()
+def _root() -> None:
+    """Image + dense text -> 360-degree orbit video (Droplet3D) -> Gaussian splats and meshes.
+
+    Stages: `generate` (needs the Droplet3D-5B weights and, in practice, a CUDA GPU), `poses`,
+    `reconstruct` (any orbit video with known circular poses), or `run` for all three. `demo`
+    shows the reconstruction on a bundled orbit with no weights at all.
+    """
+
+
 EXIT_USAGE = 2
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -87,6 +97,97 @@ def guarded(fn: Callable[P, R]) -> Callable[P, R]:
             raise AssertionError("unreachable") from exc
 
     return wrapper
+
+
+# --------------------------------------------------------------------------- generate
+@app.command(no_args_is_help=True)
+@guarded
+def generate(
+    ckpt: Path = typer.Option(..., help="The released Droplet3D-5B/ folder (read offline, as published)."),
+    image: Path = typer.Option(..., help="Input image: the object's first view (any size; resized)."),
+    out: Path = typer.Option(..., help="Output folder: frames/, orbit.mp4, generation.json."),
+    prompt: str | None = typer.Option(
+        None,
+        help="Dense description of the object and the 360-degree orbit (the quality suffix is appended).",
+    ),
+    prompt_file: Path | None = typer.Option(None, help="Read the prompt from this UTF-8 text file instead."),
+    frames: int = typer.Option(85, help="Frames in the orbit; must be 4k+1 (85 in the paper)."),
+    height: int = typer.Option(512, help="Frame height in pixels, a multiple of 16."),
+    width: int = typer.Option(512, help="Frame width in pixels, a multiple of 16."),
+    steps: int = typer.Option(50, help="DDIM denoising steps."),
+    guidance_scale: float = typer.Option(6.0, help="Classifier-free guidance scale."),
+    seed: int = typer.Option(
+        42, help="Seed of the initial noise and noise augmentation (runs are repeatable)."
+    ),
+    device: str = typer.Option("auto", help="auto (CUDA if present), cuda or cpu."),
+    dtype: str = typer.Option(
+        "auto", help="auto (bfloat16 on CUDA, float32 on CPU), bfloat16, float16, float32."
+    ),
+    noise_aug_strength: float = typer.Option(
+        0.0563, help="Std of the noise added to the conditioning frame."
+    ),
+    view_align: bool = typer.Option(
+        False,
+        help="First turn the image to the closest canonical view with FLUX.1-Kontext + the Droplet3D LoRA.",
+    ),
+    align_max_area: int = typer.Option(
+        1024**2, help="Pixel area Kontext resizes the input to (view alignment)."
+    ),
+    offload: str = typer.Option(
+        "none",
+        help="Memory mode on CUDA: none (fastest), model (CPU offload per model), sequential (least memory).",
+    ),
+    negative_prompt: str = typer.Option(
+        "The video is low quality, blurry, distortion. ", help="Negative prompt for classifier-free guidance."
+    ),
+    fps: int = typer.Option(8, help="Frame rate of orbit.mp4."),
+    vae_tiling: bool = typer.Option(False, help="Decode in spatial tiles (less memory, tiny seams)."),
+    overwrite: bool = typer.Option(False, help="Replace a non-empty --out folder."),
+    quiet: bool = typer.Option(False, help="No progress bars."),
+) -> None:
+    """Generate an 85-frame 360-degree orbit video from one image and a dense text description."""
+    from droplet3d.generate import GenerateConfig, write_outputs
+    from droplet3d.generate import generate as run_generate
+
+    text = read_prompt(prompt, prompt_file)
+    config = GenerateConfig(
+        ckpt=ckpt,
+        image=image,
+        prompt=text,
+        frames=frames,
+        height=height,
+        width=width,
+        steps=steps,
+        guidance_scale=guidance_scale,
+        seed=seed,
+        device=device,
+        dtype=dtype,
+        noise_aug_strength=noise_aug_strength,
+        view_align=view_align,
+        align_max_area=align_max_area,
+        offload=offload,
+        negative_prompt=negative_prompt,
+        fps=fps,
+        vae_tiling=vae_tiling,
+        progress=not quiet,
+    )
+    check_out_dir(out, overwrite)
+    result = run_generate(config, warn=warn)
+    with staged_output(out, overwrite) as tmp:
+        write_outputs(result, tmp, fps=fps, progress=not quiet)
+    typer.echo(f"wrote {len(result.frames)} frames to {out / 'frames'} and {out / 'orbit.mp4'}")
+
+
+def read_prompt(prompt: str | None, prompt_file: Path | None) -> str:
+    """Exactly one of --prompt / --prompt-file."""
+    if (prompt is None) == (prompt_file is None):
+        raise CLIError("give exactly one of --prompt or --prompt-file")
+    if prompt_file is not None:
+        try:
+            return prompt_file.read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise CLIError(f"cannot read --prompt-file {prompt_file}: {exc}") from exc
+    return prompt or ""
 
 
 def main() -> None:

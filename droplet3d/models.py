@@ -53,7 +53,8 @@ def load_diffusers_model(
     with init_empty_weights():
         model = build(folder)
     _load_strict(model, weight_files(folder, "diffusion_pytorch_model"), kind, device)
-    return model.to(device=device, dtype=dtype).eval().requires_grad_(False)
+    # nn.Module.to, not ModelMixin.to: the latter warns about fp32-kept modules these models do not have.
+    return nn.Module.to(model, device=device, dtype=dtype).eval().requires_grad_(False)
 
 
 def load_text_encoder(folder: Path, dtype: torch.dtype, device: str = "cpu") -> T5EncoderModel:

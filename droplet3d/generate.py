@@ -1,0 +1,297 @@
+"""`droplet3d generate`: from an image and a prompt to `frames/`, `orbit.mp4` and `generation.json`.
+
+This module owns the run as a whole: validating inputs before anything heavy happens, choosing
+device, dtype and memory mode, optional view alignment (which must be freed before the video
+model loads), timing each stage, and writing outputs. The maths lives in `pipeline.py`.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import platform
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from importlib import metadata
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+from tqdm.auto import tqdm
+
+from droplet3d import models
+from droplet3d.checkpoint import CheckpointPaths, resolve_checkpoint
+from droplet3d.conditioning import image_to_video
+from droplet3d.errors import Droplet3DError
+from droplet3d.pipeline import (
+    DEFAULT_NEGATIVE_PROMPT,
+    MAX_TEXT_TOKENS,
+    Droplet3DPipeline,
+    PipelineOutput,
+    full_prompt,
+)
+
+DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
+OFFLOAD_MODES = ("none", "model", "sequential")
+ALIGN_PROMPT = "Convert this image to the closest orthogonal view, such as front, left, or right."
+
+
+@dataclass
+class GenerateConfig:
+    """Every parameter of a generation run. Defaults are the reference's (Droplet3D inference.py)."""
+
+    ckpt: Path
+    image: Path
+    prompt: str
+    frames: int = 85
+    height: int = 512
+    width: int = 512
+    steps: int = 50
+    guidance_scale: float = 6.0
+    seed: int = 42
+    device: str = "auto"  # auto | cuda | cpu
+    dtype: str = "auto"  # auto (bfloat16 on CUDA, float32 on CPU) | bfloat16 | float16 | float32
+    noise_aug_strength: float = 0.0563
+    view_align: bool = False
+    align_max_area: int = 1024**2
+    align_steps: int = 28
+    offload: str = "none"  # none | model | sequential
+    negative_prompt: str = DEFAULT_NEGATIVE_PROMPT
+    fps: int = 8
+    vae_tiling: bool = False
+    progress: bool = True
+
+
+@dataclass
+class GenerateResult:
+    frames: np.ndarray  # [F, H, W, 3] uint8, the orbit
+    record: dict = field(default_factory=dict)
+    aligned_image: Image.Image | None = None  # the view-aligned input that conditioned the video
+
+
+def validate(config: GenerateConfig) -> None:
+    """Reject bad input before loading anything (cheap checks first)."""
+    if config.height % 16 or config.width % 16 or config.height <= 0 or config.width <= 0:
+        raise Droplet3DError(
+            f"--height and --width must be positive multiples of 16, got {config.height}x{config.width}"
+        )
+    if config.frames < 1 or (config.frames - 1) % 4:
+        raise Droplet3DError(f"--frames must be 4k+1 (e.g. 9, 49, 85), got {config.frames}")
+    if config.steps < 1:
+        raise Droplet3DError(f"--steps must be at least 1, got {config.steps}")
+    if config.dtype not in (*DTYPES, "auto"):
+        raise Droplet3DError(f"--dtype must be one of bfloat16, float16, float32, got {config.dtype}")
+    if config.offload not in OFFLOAD_MODES:
+        raise Droplet3DError(f"--offload must be one of {', '.join(OFFLOAD_MODES)}, got {config.offload}")
+    if config.noise_aug_strength < 0:
+        raise Droplet3DError("--noise-aug-strength must be >= 0")
+    if not config.prompt.strip():
+        raise Droplet3DError("the prompt is empty")
+    resolve_device(config.device)
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise Droplet3DError("--device cuda was asked for but CUDA is not available; use --device cpu")
+    if device not in ("cuda", "cpu"):
+        raise Droplet3DError(f"--device must be auto, cuda or cpu, got {device}")
+    return torch.device(device)
+
+
+def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    if dtype == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    return DTYPES[dtype]
+
+
+def load_image(path: Path) -> Image.Image:
+    try:
+        with Image.open(path) as image:
+            return image.convert("RGB")
+    except FileNotFoundError as exc:
+        raise Droplet3DError(f"image {path} does not exist") from exc
+    except (UnidentifiedImageError, OSError) as exc:
+        raise Droplet3DError(f"cannot read image {path}: {exc}") from exc
+
+
+@contextmanager
+def cuda_oom_as_error() -> Iterator[None]:
+    """Turn CUDA out-of-memory into advice the user can act on."""
+    try:
+        yield
+    except torch.cuda.OutOfMemoryError as exc:
+        raise Droplet3DError(
+            "CUDA out of memory; retry with --offload model (less memory) or --offload sequential (least)"
+        ) from exc
+
+
+class StageTimer:
+    """Wall-clock seconds per named stage, synchronising CUDA so the figures are real."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.seconds: dict[str, float] = {}
+
+    @contextmanager
+    def __call__(self, name: str) -> Iterator[None]:
+        start = time.perf_counter()
+        yield
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        self.seconds[name] = round(time.perf_counter() - start, 3)
+
+
+def package_versions() -> dict[str, str]:
+    versions = {"python": platform.python_version()}
+    for name in ("droplet3d", "torch", "diffusers", "transformers", "safetensors", "peft", "accelerate"):
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = "not installed"
+    versions["cuda"] = torch.version.cuda or "none"
+    return versions
+
+
+def load_pipeline(
+    paths: CheckpointPaths, dtype: torch.dtype, device: torch.device, offload: str
+) -> Droplet3DPipeline:
+    """Load all five components and place them for the chosen memory mode."""
+    direct = "cpu" if offload != "none" else str(device)
+    pipe = Droplet3DPipeline(
+        tokenizer=models.load_tokenizer(paths.tokenizer),
+        text_encoder=models.load_text_encoder(paths.text_encoder, dtype, "cpu"),
+        vae=models.load_diffusers_model("vae", paths.vae, dtype, direct),
+        transformer=models.load_diffusers_model("transformer", paths.transformer, dtype, direct),
+        scheduler=models.load_scheduler(paths.scheduler),
+    )
+    pipe.set_progress_bar_config(desc="denoise", leave=False)
+    if device.type == "cuda" and offload == "model":
+        pipe.enable_model_cpu_offload(device=device)
+    elif device.type == "cuda" and offload == "sequential":
+        pipe.enable_sequential_cpu_offload(device=device)
+    else:
+        pipe.execution_device = device
+    return pipe
+
+
+def run_view_alignment(
+    image: Image.Image, config: GenerateConfig, paths: CheckpointPaths, dtype: torch.dtype
+) -> Image.Image:
+    """FLUX.1-Kontext + the released LoRA; the Kontext pipeline is freed before returning."""
+    from droplet3d.align import AlignConfig, align_view
+
+    align_config = AlignConfig(
+        prompt=ALIGN_PROMPT,
+        height=config.height,
+        width=config.width,
+        max_area=config.align_max_area,
+        num_inference_steps=config.align_steps,
+        dtype=dtype,
+        device=str(resolve_device(config.device)),
+        offload=config.offload,
+    )
+    return align_view(image, paths.root, align_config, progress=config.progress)
+
+
+def generate(config: GenerateConfig, warn: Callable[[str], None] = print) -> GenerateResult:
+    """Run the full stack. Returns the orbit frames and the record written to generation.json."""
+    validate(config)
+    device = resolve_device(config.device)
+    dtype = resolve_dtype(config.dtype, device)
+    paths = resolve_checkpoint(config.ckpt, view_align=config.view_align)
+    image = load_image(config.image)
+    timer = StageTimer(device)
+    aligned = None
+
+    with cuda_oom_as_error():
+        if config.view_align:
+            with timer("view_align"):
+                aligned = run_view_alignment(image, config, paths, dtype)
+            image = aligned
+            gc.collect()
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+
+        with timer("load"):
+            pipe = load_pipeline(paths, dtype, device, config.offload)
+            if config.vae_tiling:
+                pipe.vae.enable_tiling()
+        pipe.set_progress_bar_config(disable=not config.progress, desc="denoise", leave=False)
+
+        prompt = full_prompt(config.prompt)
+        with timer("text_encoder"):
+            ids, dropped = pipe.tokenize([prompt, config.negative_prompt])
+            for which, text in zip(("prompt", "negative prompt"), dropped, strict=True):
+                if text:
+                    limit = f"the {which} is longer than {MAX_TEXT_TOKENS} T5 tokens"
+                    warn(f"{limit}; the text from {text[:60]!r}... onwards is dropped")
+            embeds = pipe.encode_text(ids).to(dtype)
+            if config.offload == "none" and device.type == "cuda":
+                pipe.text_encoder.to("cpu")  # T5-XXL is ~9 GB; it is not needed again
+                torch.cuda.empty_cache()
+
+        video, mask = image_to_video(image, config.frames, config.height, config.width)
+        generator = torch.Generator(device=pipe.execution_device).manual_seed(config.seed)
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        with timer("denoise"):
+            out: PipelineOutput = pipe(
+                prompt_embeds=embeds[:1],
+                negative_prompt_embeds=embeds[1:],
+                video=video,
+                mask=mask,
+                num_inference_steps=config.steps,
+                guidance_scale=config.guidance_scale,
+                noise_aug_strength=config.noise_aug_strength,
+                generator=generator,
+                decode=False,
+            )
+        with timer("vae_decode"):
+            decoded = pipe.decode_latents(out.latents)
+        pipe.maybe_free_model_hooks()
+
+    surplus = decoded.shape[2] - config.frames
+    orbit = decoded[0, :, surplus:]  # [3, F, H, W]: the leading surplus frames are copies of frame 0
+    frames = (orbit.permute(1, 2, 3, 0).numpy() * 255).round().clip(0, 255).astype(np.uint8)
+
+    record = {
+        "parameters": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(config).items()},
+        "prompt": prompt,
+        "negative_prompt": config.negative_prompt,
+        "text_tokens": MAX_TEXT_TOKENS,
+        "truncated_text": {"prompt": dropped[0], "negative_prompt": dropped[1]},
+        "seed": config.seed,
+        "device": str(device),
+        "dtype": str(dtype).replace("torch.", ""),
+        "frames": config.frames,
+        "height": config.height,
+        "width": config.width,
+        "decoded_frames": int(decoded.shape[2]),
+        "frames_dropped": int(surplus),
+        "view_aligned": aligned is not None,
+        "timings_s": timer.seconds,
+        "peak_gpu_memory_gb": (
+            round(torch.cuda.max_memory_allocated(device) / 1024**3, 2) if device.type == "cuda" else None
+        ),
+        "versions": package_versions(),
+    }
+    return GenerateResult(frames=frames, record=record, aligned_image=aligned)
+
+
+def write_outputs(result: GenerateResult, out_dir: Path, fps: int, progress: bool = True) -> None:
+    """frames/00000.png..., orbit.mp4, generation.json and (if any) aligned_input.png into out_dir."""
+    import imageio.v2 as imageio
+
+    frames_dir = out_dir / "frames"
+    frames_dir.mkdir(parents=True, exist_ok=True)
+    for i, frame in enumerate(tqdm(result.frames, desc="write frames", disable=not progress, leave=False)):
+        Image.fromarray(frame).save(frames_dir / f"{i:05d}.png")
+    imageio.mimwrite(out_dir / "orbit.mp4", list(result.frames), fps=fps, codec="libx264", quality=8)
+    if result.aligned_image is not None:
+        result.aligned_image.save(out_dir / "aligned_input.png")
+    (out_dir / "generation.json").write_text(json.dumps(result.record, indent=2))
