@@ -217,7 +217,7 @@ def check_checkpoint(root: Path, view_align: bool = False) -> CheckReport:
             if component == "text_encoder":
                 found.pop("encoder.embed_tokens.weight", None)
             report.problems += compare_shapes(component, expected, found)
-            report.found[component] = f"{sum(1 for _ in found)} tensors, {type(model).__name__}"
+            report.found[component] = f"{len(found)} tensors, {type(model).__name__}"
         except Exception as exc:  # any failure here is a finding to report, not a crash
             report.problems.append(f"{component}: {exc}")
     return report
