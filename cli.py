@@ -27,6 +27,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
+
 @app.callback()
 def _root() -> None:
     """Image + dense text -> 360-degree orbit video (Droplet3D) -> Gaussian splats and meshes.
@@ -188,6 +189,79 @@ def read_prompt(prompt: str | None, prompt_file: Path | None) -> str:
         except (OSError, UnicodeDecodeError) as exc:
             raise CLIError(f"cannot read --prompt-file {prompt_file}: {exc}") from exc
     return prompt or ""
+
+
+# --------------------------------------------------------------------------- info
+INFO_PACKAGES = (
+    "droplet3d", "torch", "diffusers", "transformers", "safetensors", "peft", "accelerate", "sentencepiece",
+    "protobuf", "gsplat", "trimesh", "open3d", "typer", "imageio", "imageio-ffmpeg", "nerfstudio",
+)  # fmt: skip
+
+
+def gsplat_kernel_status() -> str:
+    """Whether gsplat's CUDA kernels are usable, cached, or will compile on first use."""
+    import importlib.util
+
+    import torch
+
+    if importlib.util.find_spec("gsplat") is None:
+        return "gsplat not installed (the CPU rasteriser is used)"
+    if not torch.cuda.is_available():
+        return "no CUDA: gsplat kernels unavailable, the pure-PyTorch rasteriser is used"
+    if importlib.util.find_spec("gsplat.csrc") is not None:
+        return "precompiled"
+    try:
+        from torch.utils.cpp_extension import _get_build_directory
+
+        build = Path(_get_build_directory("gsplat_cuda", verbose=False))
+        if (build / "gsplat_cuda.so").exists():
+            return f"compiled (cached in {build})"
+    except Exception:  # private torch helper: status only, never fatal
+        pass
+    return "not compiled yet: gsplat compiles its CUDA kernels on first use (a few minutes, once)"
+
+
+@app.command()
+@guarded
+def info(
+    ckpt: Path | None = typer.Option(
+        None,
+        help="Also check this Droplet3D-5B folder: files, configs and weight shapes (no weights loaded).",
+    ),
+    view_align: bool = typer.Option(True, help="With --ckpt: also require FLUX.1-Kontext-dev/ and the LoRA."),
+) -> None:
+    """Versions, device, gsplat kernel status, and an offline check of a checkpoint folder."""
+    from importlib import metadata
+
+    import torch
+
+    for name in INFO_PACKAGES:
+        try:
+            version = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            version = "not installed" + (" (optional extra: pip install 'droplet3d[nerfstudio]')"
+                                         if name == "nerfstudio" else "")  # fmt: skip
+        typer.echo(f"{name:>15}: {version}")
+    if torch.cuda.is_available():
+        props = torch.cuda.get_device_properties(0)
+        memory = f"{props.total_memory / 1024**3:.0f} GiB"
+        typer.echo(f"{'device':>15}: cuda ({props.name}, {memory}), CUDA {torch.version.cuda}")
+    else:
+        threads = torch.get_num_threads()
+        typer.echo(f"{'device':>15}: cpu only ({threads} threads); generation needs a CUDA GPU in practice")
+    typer.echo(f"{'gsplat kernels':>15}: {gsplat_kernel_status()}")
+    if ckpt is None:
+        return
+    from droplet3d.checkpoint import check_checkpoint
+
+    report = check_checkpoint(ckpt, view_align=view_align)
+    for component, summary in report.found.items():
+        typer.echo(f"{component:>15}: {summary}")
+    if not report.ok:
+        for problem in report.problems:
+            typer.secho(f"problem: {problem}", fg=typer.colors.RED, err=True)
+        raise CLIError(f"checkpoint {ckpt} has {len(report.problems)} problem(s), listed above")
+    typer.echo(f"checkpoint {ckpt}: OK")
 
 
 def main() -> None:

@@ -19,6 +19,7 @@ is missing or mismatched in seconds.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -114,27 +115,38 @@ def _require(path: Path) -> None:
         raise Droplet3DError(f"checkpoint is incomplete: missing {path}")
 
 
-def resolve_checkpoint(root: Path, view_align: bool = False) -> CheckpointPaths:
-    """Check the files the generation stack reads exist; raise naming the first missing one."""
+def _file_checks(paths: CheckpointPaths, view_align: bool) -> list[Callable[[], object]]:
+    """One callable per required file or file group; each raises Droplet3DError naming what is wrong."""
+    checks: list[Callable[[], object]] = [
+        lambda: read_json(paths.scheduler / "scheduler_config.json"),
+        lambda: read_json(paths.transformer / "config.json"),
+        lambda: weight_files(paths.transformer, "diffusion_pytorch_model"),
+        lambda: _check_vae_blocks(read_json(paths.vae / "config.json"), paths.vae / "config.json"),
+        lambda: weight_files(paths.vae, "diffusion_pytorch_model"),
+        lambda: read_json(paths.text_encoder / "config.json"),
+        lambda: weight_files(paths.text_encoder, "model"),
+        lambda: _require(paths.tokenizer / "spiece.model"),
+        lambda: _require(paths.tokenizer / "tokenizer_config.json"),
+    ]
+    if view_align:
+        checks += [lambda: _require(paths.kontext / "model_index.json"), lambda: _require(paths.lora)]
+    return checks
+
+
+def _root(root: Path) -> CheckpointPaths:
     root = Path(root)
     if not root.is_dir():
         raise Droplet3DError(
-            f"checkpoint folder {root} does not exist (download Droplet3D-5B and pass its path)"
+            f"checkpoint folder {root} does not exist (download Droplet3D-5B, pass its path)"
         )
-    paths = CheckpointPaths(root)
-    read_json(paths.scheduler / "scheduler_config.json")
-    read_json(paths.transformer / "config.json")
-    weight_files(paths.transformer, "diffusion_pytorch_model")
-    vae_config = read_json(paths.vae / "config.json")
-    weight_files(paths.vae, "diffusion_pytorch_model")
-    read_json(paths.text_encoder / "config.json")
-    weight_files(paths.text_encoder, "model")
-    _require(paths.tokenizer / "spiece.model")
-    _require(paths.tokenizer / "tokenizer_config.json")
-    _check_vae_blocks(vae_config, paths.vae / "config.json")
-    if view_align:
-        _require(paths.kontext / "model_index.json")
-        _require(paths.lora)
+    return CheckpointPaths(root)
+
+
+def resolve_checkpoint(root: Path, view_align: bool = False) -> CheckpointPaths:
+    """Check the files the generation stack reads exist; raise naming the first missing one."""
+    paths = _root(root)
+    for check in _file_checks(paths, view_align):
+        check()
     return paths
 
 
@@ -186,9 +198,16 @@ def check_checkpoint(root: Path, view_align: bool = False) -> CheckReport:
     """
     report = CheckReport(Path(root))
     try:
-        paths = resolve_checkpoint(root, view_align=view_align)
+        paths = _root(root)
     except Droplet3DError as exc:
         report.problems.append(str(exc))
+        return report
+    for check in _file_checks(paths, view_align):
+        try:
+            check()
+        except Droplet3DError as exc:
+            report.problems.append(str(exc))
+    if report.problems:
         return report
 
     from accelerate import init_empty_weights
