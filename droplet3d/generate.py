@@ -133,12 +133,15 @@ def cuda_oom_as_error() -> Iterator[None]:
 class StageTimer:
     """Wall-clock seconds per named stage, synchronising CUDA so the figures are real."""
 
-    def __init__(self, device: torch.device) -> None:
+    def __init__(self, device: torch.device, announce: bool = True) -> None:
         self.device = device
+        self.announce = announce
         self.seconds: dict[str, float] = {}
 
     @contextmanager
     def __call__(self, name: str) -> Iterator[None]:
+        if self.announce:
+            tqdm.write(f"droplet3d: {name.replace('_', ' ')}...")
         start = time.perf_counter()
         yield
         if self.device.type == "cuda":
@@ -205,7 +208,7 @@ def generate(config: GenerateConfig, warn: Callable[[str], None] = print) -> Gen
     dtype = resolve_dtype(config.dtype, device)
     paths = resolve_checkpoint(config.ckpt, view_align=config.view_align)
     image = load_image(config.image)
-    timer = StageTimer(device)
+    timer = StageTimer(device, announce=config.progress)
     aligned = None
 
     with cuda_oom_as_error():
