@@ -8,6 +8,7 @@ model loads), timing each stage, and writing outputs. The maths lives in `pipeli
 from __future__ import annotations
 
 import gc
+import hashlib
 import json
 import platform
 import time
@@ -264,6 +265,7 @@ def generate(config: GenerateConfig, warn: Callable[[str], None] = print) -> Gen
 
     record = {
         "parameters": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(config).items()},
+        "image_sha256": hashlib.sha256(Path(config.image).read_bytes()).hexdigest(),
         "prompt": prompt,
         "negative_prompt": config.negative_prompt,
         "text_tokens": MAX_TEXT_TOKENS,
