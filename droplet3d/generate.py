@@ -37,7 +37,6 @@ from droplet3d.pipeline import (
 
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 OFFLOAD_MODES = ("none", "model", "sequential")
-ALIGN_PROMPT = "Convert this image to the closest orthogonal view, such as front, left, or right."
 
 
 @dataclass
@@ -59,6 +58,7 @@ class GenerateConfig:
     view_align: bool = False
     align_max_area: int = 1024**2
     align_steps: int = 28
+    align_auto_resize: bool = True  # Kontext's own ~1 MP input resize, as the reference; off for tiny tests
     offload: str = "none"  # none | model | sequential
     negative_prompt: str = DEFAULT_NEGATIVE_PROMPT
     fps: int = 8
@@ -190,11 +190,11 @@ def run_view_alignment(
     from droplet3d.align import AlignConfig, align_view
 
     align_config = AlignConfig(
-        prompt=ALIGN_PROMPT,
         height=config.height,
         width=config.width,
         max_area=config.align_max_area,
         num_inference_steps=config.align_steps,
+        auto_resize=config.align_auto_resize,
         dtype=dtype,
         device=str(resolve_device(config.device)),
         offload=config.offload,
