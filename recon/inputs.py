@@ -1,0 +1,159 @@
+"""Load an orbit from a video file, a folder of frames, or a `generate` output folder.
+
+Everything becomes one uint8 array [N, H, W, 3] plus whatever orbit metadata the source carries, so
+the pose and fitting stages never care where the frames came from.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from recon.errors import ReconError
+
+MIN_FRAMES = 8
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
+VIDEO_SUFFIXES = (".mp4", ".mov", ".avi", ".mkv", ".webm", ".gif", ".m4v")
+
+
+@dataclass
+class OrbitFrames:
+    """Frames of one orbit, in orbit order."""
+
+    frames: np.ndarray  # [N, H, W, 3] uint8
+    source: str  # "video", "folder" or "generate"
+    orbit_hints: dict[str, Any] = field(default_factory=dict)  # orbit values recorded by the source
+    metadata: dict[str, Any] = field(default_factory=dict)  # e.g. generation.json, untouched
+
+    @property
+    def count(self) -> int:
+        return int(self.frames.shape[0])
+
+    @property
+    def height(self) -> int:
+        return int(self.frames.shape[1])
+
+    @property
+    def width(self) -> int:
+        return int(self.frames.shape[2])
+
+
+def _to_rgb(image: np.ndarray, name: str) -> np.ndarray:
+    """uint8 RGB [H, W, 3]; alpha is composited over white (the generated orbits' background)."""
+    image = np.asarray(image)
+    if image.dtype != np.uint8:
+        if np.issubdtype(image.dtype, np.integer) and image.max(initial=0) > 255:
+            image = (image.astype(np.float64) / 257.0).round()
+        elif np.issubdtype(image.dtype, np.floating):
+            image = image * 255.0 if image.max(initial=0) <= 1.0 else image
+        image = np.clip(image, 0, 255).astype(np.uint8)
+    if image.ndim == 2:
+        image = np.repeat(image[..., None], 3, axis=-1)
+    if image.ndim != 3 or image.shape[-1] not in (1, 3, 4):
+        raise ReconError(f"{name}: not an RGB image (shape {tuple(image.shape)})")
+    if image.shape[-1] == 1:
+        image = np.repeat(image, 3, axis=-1)
+    if image.shape[-1] == 4:
+        alpha = image[..., 3:].astype(np.float32) / 255.0
+        image = (image[..., :3] * alpha + 255.0 * (1.0 - alpha)).round().astype(np.uint8)
+    return np.ascontiguousarray(image)
+
+
+def _natural_key(path: Path) -> list[Any]:
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", path.name)]
+
+
+def _stack(images: list[np.ndarray], names: list[str], where: str) -> np.ndarray:
+    if len(images) < MIN_FRAMES:
+        raise ReconError(f"{where}: {len(images)} frame(s), need at least {MIN_FRAMES} for an orbit")
+    shape = images[0].shape
+    for image, name in zip(images, names, strict=True):
+        if image.shape != shape:
+            raise ReconError(
+                f"{where}: mixed frame sizes ({name} is {image.shape[1]}x{image.shape[0]}, "
+                f"{names[0]} is {shape[1]}x{shape[0]})"
+            )
+    return np.stack(images)
+
+
+def read_video(path: Path) -> np.ndarray:
+    """All frames of a video file, [N, H, W, 3] uint8."""
+    import imageio.v3 as iio
+
+    try:
+        images = [_to_rgb(f, str(path)) for f in iio.imiter(path)]
+    except ReconError:
+        raise
+    except Exception as exc:  # imageio raises many kinds of errors for bad files
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ReconError(f"cannot read video {path}: {first}") from exc
+    return _stack(images, [f"frame {i}" for i in range(len(images))], str(path))
+
+
+def read_folder(folder: Path) -> np.ndarray:
+    """The images of a folder in natural name order (00002 before 00010), [N, H, W, 3] uint8."""
+    import imageio.v3 as iio
+
+    files = sorted((p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES), key=_natural_key)
+    if not files:
+        raise ReconError(f"{folder}: no image files ({', '.join(IMAGE_SUFFIXES)})")
+    images = []
+    for f in files:
+        try:
+            images.append(_to_rgb(iio.imread(f), f.name))
+        except ReconError:
+            raise
+        except Exception as exc:
+            raise ReconError(f"cannot read image {f}: {type(exc).__name__}: {exc}".splitlines()[0]) from exc
+    return _stack(images, [f.name for f in files], str(folder))
+
+
+def orbit_hints_from_generation(meta: dict[str, Any]) -> dict[str, Any]:
+    """The orbit values a generation.json records (only known keys; anything else is ignored)."""
+    orbit = meta.get("orbit")
+    if not isinstance(orbit, dict):
+        return {}
+    hints: dict[str, Any] = {}
+    for key in ("elevation", "radius", "fov", "start_azimuth", "direction", "full_turn"):
+        if key in orbit and orbit[key] is not None:
+            hints[key] = orbit[key]
+    return hints
+
+
+def load_orbit(path: Path) -> OrbitFrames:
+    """Frames + metadata from a video, a folder of frames, or a `generate` output folder."""
+    path = Path(path)
+    if not path.exists():
+        raise ReconError(f"input {path} does not exist")
+    if path.is_file():
+        if path.suffix.lower() not in VIDEO_SUFFIXES:
+            raise ReconError(
+                f"input {path} is not a video ({', '.join(VIDEO_SUFFIXES)}) or a folder of frames"
+            )
+        return OrbitFrames(read_video(path), "video")
+    generation = path / "generation.json"
+    if generation.is_file():
+        try:
+            meta = json.loads(generation.read_text())
+            if not isinstance(meta, dict):
+                raise ValueError("not a JSON object")
+        except (OSError, ValueError) as exc:
+            raise ReconError(f"cannot read {generation}: {exc}") from exc
+        if (path / "frames").is_dir():
+            frames = read_folder(path / "frames")
+        elif (path / "orbit.mp4").is_file():
+            frames = read_video(path / "orbit.mp4")
+        else:
+            raise ReconError(f"{path}: generation.json but neither frames/ nor orbit.mp4")
+        expected = meta.get("frames")
+        if isinstance(expected, int) and expected != len(frames):
+            raise ReconError(f"{path}: generation.json says {expected} frames, found {len(frames)}")
+        return OrbitFrames(frames, "generate", orbit_hints_from_generation(meta), meta)
+    if (path / "frames").is_dir() and not any(p.suffix.lower() in IMAGE_SUFFIXES for p in path.iterdir()):
+        return OrbitFrames(read_folder(path / "frames"), "folder")
+    return OrbitFrames(read_folder(path), "folder")
