@@ -197,20 +197,24 @@ class Splats:
     def __len__(self) -> int:
         return int(self.means.shape[0])
 
-    def render(self, cameras: Cameras, render_mode: str = "RGB", batch: int = 1) -> tuple[Tensor, Tensor]:
+    def render(
+        self, cameras: Cameras, render_mode: str = "RGB", batch: int = 1, backend: str = "auto"
+    ) -> tuple[Tensor, Tensor]:
         """Images [C, H, W, 3 (+1 depth)] and alphas [C, H, W, 1] for every camera, without gradients."""
         device = self.means.device
-        vm = torch.tensor(cameras.viewmats(), dtype=torch.float32, device=device)
+        viewmats = torch.tensor(cameras.viewmats(), dtype=torch.float32, device=device)
         K = torch.tensor(cameras.K(), dtype=torch.float32, device=device)
         colors = torch.cat([self.sh0, self.shN], dim=1)
         images, alphas = [], []
         with torch.no_grad():
             for s in range(0, len(cameras), batch):
+                vm = viewmats[s : s + batch]
                 img, alpha, _ = rasterize(
                     self.means, F.normalize(self.quats, dim=-1), torch.exp(self.scales),
-                    torch.sigmoid(self.opacities), colors, vm[s : s + batch], K[None].expand(len(vm[s : s + batch]), 3, 3),
+                    torch.sigmoid(self.opacities), colors, vm, K[None].expand(len(vm), 3, 3),
                     cameras.width, cameras.height, sh_degree=self.sh_degree,
-                    backgrounds=self.background[None].expand(len(vm[s : s + batch]), 3), render_mode=render_mode,
+                    backgrounds=self.background[None].expand(len(vm), 3), render_mode=render_mode,
+                    backend=backend,
                 )  # fmt: skip
                 images.append(img)
                 alphas.append(alpha)

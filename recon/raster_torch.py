@@ -168,8 +168,13 @@ def _composite_view(
     height: int,
     tile_size: int,
     max_pairs: int,
+    median_depth: bool = False,
 ) -> tuple[Tensor, Tensor]:
-    """Front-to-back alpha compositing of one view: features [H, W, D] and alpha [H, W, 1]."""
+    """Front-to-back alpha compositing of one view: features [H, W, D] and alpha [H, W, 1].
+
+    With `median_depth`, the last feature channel (the depth) becomes the depth of the gaussian at
+    which the transmittance first drops to 0.5 or below (0 where it never does).
+    """
     device, dtype = features.device, features.dtype
     D = features.shape[-1]
     tiles_x, tiles_y = math.ceil(width / tile_size), math.ceil(height / tile_size)
@@ -255,7 +260,14 @@ def _composite_view(
             log1m = torch.log1p(-alpha)
             log_t = torch.cumsum(log1m, dim=-1)
             weights = alpha * torch.exp(log_t - log1m)  # alpha_i * T_before_i
-            out_feat[chunk] = torch.einsum("tpk,tkd->tpd", weights, g_feat[index])
+            feat = torch.einsum("tpk,tkd->tpd", weights, g_feat[index])
+            if median_depth:
+                crossed = log_t <= math.log(0.5)  # [t, P, K]
+                first = torch.argmax(crossed.to(torch.uint8), dim=-1)  # [t, P]
+                depth_k = g_feat[index][..., -1]  # [t, K]
+                md = torch.gather(depth_k, 1, first) * crossed.any(dim=-1)
+                feat = torch.cat([feat[..., :-1], md[..., None]], dim=-1)
+            out_feat[chunk] = feat
             out_T[chunk] = torch.exp(log_t[..., -1])
 
     def untile(x: Tensor) -> Tensor:
@@ -289,7 +301,9 @@ def rasterize_torch(
     Returns renders [C, H, W, D(+1)], alphas [C, H, W, 1] and an info dict with the keys gsplat's
     DefaultStrategy reads ("means2d" [C, N, 2] — call `.retain_grad()` on it —, "radii", "width",
     "height", "n_cameras", "gaussian_ids"). render_mode "RGB+ED" appends the expected depth
-    (sum w z / alpha), "RGB+D" the accumulated depth.
+    (sum w z / alpha), "RGB+D" the accumulated depth, and "RGB+MD" (ours, not gsplat's) the median
+    depth: that of the gaussian where the transmittance crosses 0.5, which is not pulled behind the
+    surface by semi-transparent layers the way the expected depth is (used for meshing).
     """
     C = viewmats.shape[0]
     means2d, conics, depths, radii = project(
@@ -304,10 +318,11 @@ def rasterize_torch(
     renders, alphas = [], []
     for ci in range(C):
         f = feats[ci]
-        if render_mode in ("RGB+ED", "RGB+D"):
+        if render_mode in ("RGB+ED", "RGB+D", "RGB+MD"):
             f = torch.cat([f, depths[ci][:, None]], dim=-1)
         img, alpha = _composite_view(
-            means2d[ci], conics[ci], opacities, f, depths[ci], radii[ci], width, height, tile_size, max_pairs
+            means2d[ci], conics[ci], opacities, f, depths[ci], radii[ci], width, height, tile_size, max_pairs,
+            median_depth=render_mode == "RGB+MD",
         )
         if backgrounds is not None:
             bg = backgrounds[ci]
