@@ -264,6 +264,131 @@ def info(
     typer.echo(f"checkpoint {ckpt}: OK")
 
 
+# --------------------------------------------------------------------------- poses / reconstruct / demo
+INPUT_HELP = "Orbit video file, folder of frames, or a `generate` output folder."
+ORBIT_HELP = {
+    "elevation": "Camera elevation in degrees above the object (positive = looking down), |value| < 90.",
+    "radius": "Camera distance from the object's centre, > 0 (world units; the object is ~1 unit across).",
+    "fov": "Full vertical field of view in degrees, in (0, 180).",
+    "start_azimuth": "Azimuth of frame 0 in degrees, measured from +X toward +Y (world +Z up).",
+    "direction": "Orbit direction seen from above: ccw (counter-clockwise) or cw.",
+    "full_turn": "The last frame repeats the first view (step 360/(N-1)); default: it does not (360/N).",
+    "config": "JSON config file with 'orbit', 'fit', 'mesh' and 'preset' keys (see configs/); "
+    "command-line options override it.",
+}
+
+
+def orbit_options(
+    elevation: float | None, radius: float | None, fov: float | None, start_azimuth: float | None,
+    direction: str | None, full_turn: bool | None,
+) -> dict[str, object]:  # fmt: skip
+    """The orbit options actually given (None = take the preset / generation.json / config value)."""
+    return {
+        "elevation": elevation, "radius": radius, "fov": fov, "start_azimuth": start_azimuth,
+        "direction": direction, "full_turn": full_turn,
+    }  # fmt: skip
+
+
+@app.command(no_args_is_help=True)
+@guarded
+def poses(
+    input: Path = typer.Argument(..., help=INPUT_HELP),
+    out: Path = typer.Option(..., help="Output folder: images/ and a nerfstudio transforms.json."),
+    elevation: float | None = typer.Option(None, help=ORBIT_HELP["elevation"] + " [preset: 15]"),
+    radius: float | None = typer.Option(None, help=ORBIT_HELP["radius"] + " [preset: 2.0]"),
+    fov: float | None = typer.Option(None, help=ORBIT_HELP["fov"] + " [preset: 45]"),
+    start_azimuth: float | None = typer.Option(None, help=ORBIT_HELP["start_azimuth"] + " [preset: 0]"),
+    direction: str | None = typer.Option(None, help=ORBIT_HELP["direction"] + " [preset: ccw]"),
+    full_turn: bool | None = typer.Option(
+        None, "--full-turn/--no-full-turn", help=ORBIT_HELP["full_turn"], show_default=False
+    ),
+    config: Path | None = typer.Option(None, help=ORBIT_HELP["config"]),
+    overwrite: bool = typer.Option(False, help="Replace a non-empty --out folder."),
+) -> None:
+    """Known circular poses for an orbit: images/ + transforms.json (nerfstudio, OpenGL camera-to-world)."""
+    from recon import api
+
+    options = orbit_options(elevation, radius, fov, start_azimuth, direction, full_turn)
+    with staged_output(out, overwrite) as tmp:
+        summary = api.poses(input, tmp, options, config)
+    typer.echo(f"wrote {summary['frames']} posed frames to {out / 'images'} and {out / 'transforms.json'}")
+
+
+@app.command(no_args_is_help=True)
+@guarded
+def reconstruct(
+    input: Path = typer.Argument(..., help=INPUT_HELP),
+    out: Path = typer.Option(
+        ..., help="Output folder: splats.ply, mesh.glb/.ply/.obj, preview.mp4, report.json, transforms.json."
+    ),
+    elevation: float | None = typer.Option(None, help=ORBIT_HELP["elevation"] + " [preset: 15]"),
+    radius: float | None = typer.Option(None, help=ORBIT_HELP["radius"] + " [preset: 2.0]"),
+    fov: float | None = typer.Option(None, help=ORBIT_HELP["fov"] + " [preset: 45]"),
+    start_azimuth: float | None = typer.Option(None, help=ORBIT_HELP["start_azimuth"] + " [preset: 0]"),
+    direction: str | None = typer.Option(None, help=ORBIT_HELP["direction"] + " [preset: ccw]"),
+    full_turn: bool | None = typer.Option(
+        None, "--full-turn/--no-full-turn", help=ORBIT_HELP["full_turn"], show_default=False
+    ),
+    preset: str | None = typer.Option(None, help="fast or quality [default: quality on CUDA, fast on CPU]."),
+    iterations: int | None = typer.Option(None, help="Training steps [fast: 600, quality: 7000]."),
+    device: str = typer.Option("auto", help="auto (CUDA if present), cuda or cpu."),
+    sh_degree: int | None = typer.Option(None, help="Spherical-harmonics degree 0-3 [fast: 1, quality: 3]."),
+    resolution: int | None = typer.Option(
+        None, help="Longest image side used for fitting; frames are downscaled [fast: 128, quality: 512]."
+    ),
+    seed: int | None = typer.Option(None, help="Random seed of the initialisation and view order [0]."),
+    engine: str = typer.Option(
+        "gsplat", help="gsplat (built in) or splatfacto (nerfstudio's ns-train; needs the nerfstudio extra)."
+    ),
+    config: Path | None = typer.Option(None, help=ORBIT_HELP["config"]),
+    overwrite: bool = typer.Option(False, help="Replace a non-empty --out folder."),
+    quiet: bool = typer.Option(False, help="No progress bars."),
+) -> None:
+    """Fit Gaussian splats to an orbit with known poses and export splats, meshes and a turntable preview."""
+    from recon import api
+
+    options = orbit_options(elevation, radius, fov, start_azimuth, direction, full_turn)
+    fit_options = {"iterations": iterations, "device": device, "sh_degree": sh_degree,
+                   "resolution": resolution, "seed": seed}  # fmt: skip
+    check_out_dir(out, overwrite)
+    with staged_output(out, overwrite) as tmp:
+        report = api.reconstruct(
+            input, tmp, options, fit_options, preset, config, engine, progress=not quiet,
+            log=_logger(quiet),
+        )  # fmt: skip
+    print_outputs(out, report)
+
+
+def _logger(quiet: bool) -> Callable[[str], None]:
+    return (lambda _m: None) if quiet else (lambda m: typer.echo(m, err=True))
+
+
+def print_outputs(out: Path, report: dict[str, object]) -> None:
+    if "gaussians" in report:
+        psnr = report["psnr"]["mean"]  # type: ignore[index]
+        typer.echo(f"{report['gaussians']} gaussians, mean training PSNR {psnr:.2f} dB")
+    for name in ("mesh.glb", "splats.ply", "mesh.ply", "mesh.obj", "preview.mp4", "report.json"):
+        if (out / name).is_file():
+            typer.echo(f"{name:>12}: {out / name}")
+
+
+@app.command()
+@guarded
+def demo(
+    out: Path = typer.Option(Path("droplet3d-demo"), help="Output folder for the demo's files."),
+    device: str = typer.Option("auto", help="auto (CUDA if present), cuda or cpu."),
+    overwrite: bool = typer.Option(False, help="Replace a non-empty --out folder."),
+    quiet: bool = typer.Option(False, help="No progress bars."),
+) -> None:
+    """Reconstruct the bundled example orbit (no weights needed): .glb, .ply and a preview in a minute."""
+    from recon import api
+
+    check_out_dir(out, overwrite)
+    with staged_output(out, overwrite) as tmp:
+        report = api.demo(tmp, device, progress=not quiet, log=_logger(quiet))
+    print_outputs(out, report)
+
+
 def main() -> None:
     """Console-script entry point."""
     app()

@@ -1,0 +1,173 @@
+"""The functions the CLI calls: poses, reconstruct and the bundled demo.
+
+Each writes into a folder the caller gives (the CLI passes a staged temporary folder, so nothing is
+half-written on failure) and returns a JSON-able summary.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from recon.config import Settings, asset_path, read_config, resolve_orbit, resolve_settings
+from recon.errors import ReconError
+from recon.inputs import OrbitFrames, load_orbit
+from recon.poses import Cameras, OrbitConfig, orbit_cameras, write_transforms
+
+NERFSTUDIO_HINT = "pip install 'droplet3d[nerfstudio]' (in its own environment: it pins gsplat 1.4)"
+
+
+def demo_video() -> Path:
+    """The bundled example orbit (made by scripts/make_demo_orbit.py)."""
+    path = asset_path("demo_orbit.mp4")
+    if not path.is_file():
+        raise ReconError(f"the bundled demo orbit {path} is missing (run scripts/make_demo_orbit.py)")
+    return path
+
+
+def write_poses(out: Path, frames: OrbitFrames, orbit: OrbitConfig) -> Cameras:
+    """Write out/images/00000.png... and out/transforms.json (nerfstudio format) for `frames`."""
+    import imageio.v3 as iio
+
+    cameras = orbit_cameras(frames.count, orbit, frames.width, frames.height)
+    images = Path(out) / "images"
+    images.mkdir(parents=True, exist_ok=True)
+    names = []
+    for i, frame in enumerate(frames.frames):
+        name = f"images/{i:05d}.png"
+        iio.imwrite(Path(out) / name, frame)
+        names.append(name)
+    write_transforms(Path(out) / "transforms.json", cameras, names, orbit)
+    return cameras
+
+
+def poses(
+    input_path: Path, out: Path, orbit_options: dict[str, Any] | None = None, config_file: Path | None = None
+) -> dict[str, Any]:
+    """Stage 2: frames + known orbit -> out/images/ + out/transforms.json."""
+    config = read_config(config_file) if config_file is not None else None
+    # Check the orbit values before reading a possibly long video.
+    resolve_orbit(config, None, orbit_options)
+    frames = load_orbit(input_path)
+    orbit = resolve_orbit(config, frames.orbit_hints, orbit_options)
+    write_poses(out, frames, orbit)
+    return {"frames": frames.count, "width": frames.width, "height": frames.height, "orbit": orbit.to_dict()}
+
+
+def reconstruct(
+    input_path: Path,
+    out: Path,
+    orbit_options: dict[str, Any] | None = None,
+    fit_options: dict[str, Any] | None = None,
+    preset: str | None = None,
+    config_file: Path | None = None,
+    engine: str = "gsplat",
+    progress: bool = True,
+    log: Any = print,
+) -> dict[str, Any]:
+    """Stages 2 + 3: poses, splat fit, exports (splats.ply, mesh.glb/.ply/.obj, preview.mp4, report.json)."""
+    from recon.raster import resolve_device
+
+    t0 = time.perf_counter()
+    if engine not in ("gsplat", "splatfacto"):
+        raise ReconError(f"--engine must be gsplat or splatfacto, got {engine!r}")
+    if engine == "splatfacto" and shutil.which("ns-train") is None:
+        raise ReconError(f"--engine splatfacto needs nerfstudio's ns-train on PATH: {NERFSTUDIO_HINT}")
+    # Resolve everything that can be wrong before the slow parts.
+    device = resolve_device((fit_options or {}).get("device") or "auto")
+    default_preset = "quality" if device.type == "cuda" else "fast"
+    resolve_settings(config_file, None, orbit_options, fit_options, preset, default_preset)
+    frames = load_orbit(input_path)
+    settings = resolve_settings(config_file, frames.orbit_hints, orbit_options, fit_options, preset, default_preset)
+    cameras = write_poses(out, frames, settings.orbit)
+    t_poses = time.perf_counter() - t0
+    if engine == "splatfacto":
+        return _splatfacto(out, settings, log)
+    return _fit_and_export(frames, cameras, settings, out, progress, log, t_poses, t0, str(input_path))
+
+
+def _fit_and_export(
+    frames: OrbitFrames, cameras: Cameras, settings: Settings, out: Path, progress: bool, log: Any,
+    t_poses: float, t0: float, source: str,
+) -> dict[str, Any]:  # fmt: skip
+    from recon.export import write_splats_ply
+    from recon.fit import fit
+    from recon.mesh import front_direction, tsdf_mesh, write_meshes
+    from recon.preview import turntable_cameras, write_preview
+
+    log(f"fitting {frames.count} frames ({settings.preset} preset, {settings.fit.iterations} iterations)")
+    result = fit(frames.frames, cameras, settings.fit, progress=progress)
+    t1 = time.perf_counter()
+    write_splats_ply(Path(out) / "splats.ply", result.splats)
+    log(f"fitted {len(result.splats)} gaussians, mean training PSNR {np.mean(result.psnr):.2f} dB; meshing")
+    mesh = tsdf_mesh(result.splats, result.cameras, result.hull, settings.mesh)
+    files = write_meshes(mesh, out, front_direction(cameras))
+    t2 = time.perf_counter()
+    preview_cams = turntable_cameras(settings.orbit, result.cameras, 48, max(96, min(256, result.cameras.width)))
+    write_preview(Path(out) / "preview.mp4", result.splats, preview_cams)
+    t3 = time.perf_counter()
+    report = {
+        "input": source,
+        "source": frames.source,
+        "frames": frames.count,
+        "frame_size": [frames.width, frames.height],
+        "train_size": [result.cameras.width, result.cameras.height],
+        "device": str(result.splats.means.device),
+        "preset": settings.preset,
+        "orbit": settings.orbit.to_dict(),
+        "fit": asdict(settings.fit),
+        "mesh_settings": asdict(settings.mesh),
+        "background": [round(float(v), 4) for v in result.splats.background.cpu()],
+        "gaussians": len(result.splats),
+        "psnr": {"mean": float(np.mean(result.psnr)), "per_view": [round(p, 3) for p in result.psnr]},
+        "ssim": {"mean": float(np.mean(result.ssim)), "per_view": [round(s, 4) for s in result.ssim]},
+        "mesh": {"vertices": len(mesh.vertices), "faces": len(mesh.faces)},
+        "timings_s": {
+            "poses": round(t_poses, 2), "fit": round(result.seconds, 2), "mesh": round(t2 - t1, 2),
+            "preview": round(t3 - t2, 2), "total": round(time.perf_counter() - t0, 2),
+        },
+        "files": {"splats": "splats.ply", "mesh": files, "preview": "preview.mp4", "transforms": "transforms.json"},
+        "frames_of_reference": {
+            "splats.ply, mesh.ply, transforms.json": "world, +Z up, object at the origin",
+            "mesh.glb, mesh.obj": "glTF: +Y up, the first frame's side of the object facing +Z",
+        },
+    }  # fmt: skip
+    (Path(out) / "report.json").write_text(json.dumps(report, indent=2))
+    return report
+
+
+def _splatfacto(out: Path, settings: Settings, log: Any) -> dict[str, Any]:
+    """Train nerfstudio's splatfacto on our transforms.json and export its splats.ply."""
+    runs = Path(out) / "nerfstudio"
+    cmd = [
+        "ns-train", "splatfacto", "--data", str(out), "--output-dir", str(runs),
+        "--max-num-iterations", str(settings.fit.iterations), "--viewer.quit-on-train-completion", "True",
+        "--vis", "tensorboard",
+    ]  # fmt: skip
+    log("running " + " ".join(cmd))
+    if subprocess.run(cmd, check=False).returncode != 0:
+        raise ReconError("ns-train splatfacto failed (its output is above)")
+    configs = sorted(runs.rglob("config.yml"))
+    if not configs:
+        raise ReconError(f"ns-train finished but wrote no config.yml under {runs}")
+    export = ["ns-export", "gaussian-splat", "--load-config", str(configs[-1]), "--output-dir", str(out)]
+    if subprocess.run(export, check=False).returncode != 0:
+        raise ReconError("ns-export gaussian-splat failed (its output is above)")
+    report = {"engine": "splatfacto", "orbit": settings.orbit.to_dict(), "nerfstudio_config": str(configs[-1])}
+    (Path(out) / "report.json").write_text(json.dumps(report, indent=2))
+    return report
+
+
+def demo(out: Path, device: str = "auto", progress: bool = True, log: Any = print) -> dict[str, Any]:
+    """Reconstruct the bundled orbit with a fast preset (no weights, any device)."""
+    return reconstruct(
+        demo_video(), out, fit_options={"device": device, "iterations": 400, "resolution": 96},
+        preset="fast", progress=progress, log=log,
+    )  # fmt: skip

@@ -1,0 +1,104 @@
+"""Presets and `--config FILE`: where every orbit / fitting / meshing value comes from.
+
+All files share one JSON schema (any subset of the keys; keys starting with "_" are comments)::
+
+    {"preset": "fast" | "quality", "orbit": {OrbitConfig keys}, "fit": {FitConfig keys},
+     "mesh": {MeshConfig keys}}
+
+Precedence, lowest first: dataclass defaults < built-in presets (`recon/assets/orbit_droplet3d.json`, and
+`recon_<preset>.json`) < the input's own record (a generate folder's generation.json "orbit") <
+`--config FILE` < command-line options. The built-in presets are package data, so a non-editable
+install finds them; `configs/` in the repository holds user-facing copies (a test keeps them equal).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from recon.errors import ReconError
+from recon.fit import FitConfig
+from recon.mesh import MeshConfig
+from recon.poses import OrbitConfig
+
+PRESETS = ("fast", "quality")
+SECTIONS = ("preset", "orbit", "fit", "mesh")
+
+
+def asset_path(name: str) -> Path:
+    """A file shipped in recon/assets (works from a source tree and from an installed wheel)."""
+    return Path(str(resources.files("recon") / "assets" / name))
+
+
+def read_config(path: Path) -> dict[str, Any]:
+    """Read and check a config file (schema in the module docstring)."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        raise ReconError(f"config file {path} does not exist") from exc
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise ReconError(f"cannot read config file {path}: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ReconError(f"config file {path}: expected a JSON object")
+    data = {k: v for k, v in data.items() if not k.startswith("_")}
+    unknown = sorted(set(data) - set(SECTIONS))
+    if unknown:
+        raise ReconError(f"config file {path}: unknown section(s) {', '.join(unknown)} (known: {', '.join(SECTIONS)})")
+    for section in ("orbit", "fit", "mesh"):
+        if section in data and not isinstance(data[section], dict):
+            raise ReconError(f"config file {path}: '{section}' must be an object")
+        if section in data:
+            data[section] = {k: v for k, v in data[section].items() if not k.startswith("_")}
+    if "preset" in data and data["preset"] not in PRESETS:
+        raise ReconError(f"config file {path}: preset must be one of {', '.join(PRESETS)}")
+    return data
+
+
+def default_orbit() -> OrbitConfig:
+    """The Droplet3D orbit preset."""
+    return OrbitConfig().updated(read_config(asset_path("orbit_droplet3d.json"))["orbit"], "orbit preset")
+
+
+@dataclass
+class Settings:
+    orbit: OrbitConfig
+    fit: FitConfig
+    mesh: MeshConfig
+    preset: str
+
+
+def resolve_orbit(
+    config: dict[str, Any] | None, hints: dict[str, Any] | None, cli: dict[str, Any] | None
+) -> OrbitConfig:
+    """Preset < input hints < config file < command line (None means "not given")."""
+    orbit = default_orbit()
+    orbit = orbit.updated(hints or {}, "generation.json orbit")
+    orbit = orbit.updated((config or {}).get("orbit", {}), "config orbit")
+    orbit = orbit.updated({k: v for k, v in (cli or {}).items() if v is not None}, "orbit option")
+    return orbit.validate()
+
+
+def resolve_settings(
+    config_file: Path | None,
+    hints: dict[str, Any] | None = None,
+    orbit_cli: dict[str, Any] | None = None,
+    fit_cli: dict[str, Any] | None = None,
+    preset: str | None = None,
+    default_preset: str = "fast",
+) -> Settings:
+    """Every setting for a reconstruction (precedence in the module docstring)."""
+    config = read_config(config_file) if config_file is not None else {}
+    orbit = resolve_orbit(config, hints, orbit_cli)
+    name = preset or config.get("preset") or default_preset
+    if name not in PRESETS:
+        raise ReconError(f"--preset must be one of {', '.join(PRESETS)}, got {name!r}")
+    data = read_config(asset_path(f"recon_{name}.json"))
+    fit = FitConfig().updated(data.get("fit", {}), f"{name} preset fit")
+    mesh = MeshConfig().updated(data.get("mesh", {}), f"{name} preset mesh")
+    fit = fit.updated(config.get("fit", {}), "config fit")
+    mesh = mesh.updated(config.get("mesh", {}), "config mesh")
+    fit = fit.updated({k: v for k, v in (fit_cli or {}).items() if v is not None}, "fit option")
+    return Settings(orbit, fit.validate(), mesh, name)
