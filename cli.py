@@ -11,9 +11,12 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import hashlib
+import json
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ParamSpec, TypeVar
 
@@ -189,6 +192,62 @@ def read_prompt(prompt: str | None, prompt_file: Path | None) -> str:
         except (OSError, UnicodeDecodeError) as exc:
             raise CLIError(f"cannot read --prompt-file {prompt_file}: {exc}") from exc
     return prompt or ""
+
+
+# --------------------------------------------------------------------------- run (resumable)
+RUN_STATE = "run.json"
+
+
+def fingerprint(data: object) -> str:
+    """A stable hash of JSON-able parameters: equal parameters, equal fingerprint."""
+    return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def folder_digest(folder: Path) -> str:
+    """Hash of every file's name and bytes under `folder` (what a later stage consumes)."""
+    digest = hashlib.sha256()
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        digest.update(str(path.relative_to(folder)).encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+@dataclass
+class RunState:
+    """`run.json`: the fingerprint of the inputs each finished stage was made from."""
+
+    path: Path
+    stages: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def load(cls, out: Path) -> RunState:
+        path = out / RUN_STATE
+        try:
+            stages = json.loads(path.read_text()).get("stages", {}) if path.is_file() else {}
+        except (OSError, ValueError):
+            stages = {}  # a damaged state file only costs a redo
+        return cls(path, stages if isinstance(stages, dict) else {})
+
+    def is_done(self, stage: str, key: str, marker: Path) -> bool:
+        return self.stages.get(stage) == key and marker.is_file()
+
+    def mark(self, stage: str, key: str) -> None:
+        self.stages[stage] = key
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"stages": self.stages}, indent=2))
+        tmp.replace(self.path)
+
+
+def check_run_out(out: Path, overwrite: bool) -> None:
+    """A run folder may be resumed; any other non-empty folder needs --overwrite."""
+    if out.exists() and not out.is_dir():
+        raise CLIError(f"--out {out} exists and is not a folder")
+    if out.is_dir() and any(out.iterdir()) and not (out / RUN_STATE).is_file():
+        if not overwrite:
+            raise CLIError(
+                f"--out {out} is not empty and holds no {RUN_STATE}; pass --overwrite to replace it"
+            )
+        shutil.rmtree(out)
 
 
 # --------------------------------------------------------------------------- info
@@ -387,6 +446,117 @@ def demo(
     with staged_output(out, overwrite) as tmp:
         report = api.demo(tmp, device, progress=not quiet, log=_logger(quiet))
     print_outputs(out, report)
+
+
+# --------------------------------------------------------------------------- run
+@app.command(no_args_is_help=True)
+@guarded
+def run(
+    ckpt: Path = typer.Option(..., help="The released Droplet3D-5B/ folder (read offline, as published)."),
+    image: Path = typer.Option(..., help="Input image: the object's first view."),
+    out: Path = typer.Option(..., help="Run folder: video/ (generate), asset/ (reconstruct) and run.json."),
+    prompt: str | None = typer.Option(None, help="Dense description of the object and the 360-degree orbit."),
+    prompt_file: Path | None = typer.Option(None, help="Read the prompt from this UTF-8 text file instead."),
+    frames: int = typer.Option(85, help="[generate] Frames in the orbit; 4k+1."),
+    height: int = typer.Option(512, help="[generate] Frame height, a multiple of 16."),
+    width: int = typer.Option(512, help="[generate] Frame width, a multiple of 16."),
+    steps: int = typer.Option(50, help="[generate] DDIM denoising steps."),
+    guidance_scale: float = typer.Option(6.0, help="[generate] Classifier-free guidance scale."),
+    seed: int = typer.Option(42, help="[generate] Seed of the initial noise and noise augmentation."),
+    dtype: str = typer.Option(
+        "auto", help="[generate] auto (bf16 on CUDA, fp32 on CPU), bfloat16, float16, float32."
+    ),
+    noise_aug_strength: float = typer.Option(
+        0.0563, help="[generate] Noise added to the conditioning frame."
+    ),
+    view_align: bool = typer.Option(
+        False, help="[generate] Canonical-view alignment with FLUX.1-Kontext + LoRA."
+    ),
+    align_max_area: int = typer.Option(1024**2, help="[generate] Pixel area Kontext resizes its input to."),
+    offload: str = typer.Option("none", help="[generate] CUDA memory mode: none, model or sequential."),
+    negative_prompt: str = typer.Option(
+        "The video is low quality, blurry, distortion. ", help="[generate] Negative prompt."
+    ),
+    elevation: float | None = typer.Option(None, help="[reconstruct] " + ORBIT_HELP["elevation"]),
+    radius: float | None = typer.Option(None, help="[reconstruct] " + ORBIT_HELP["radius"]),
+    fov: float | None = typer.Option(None, help="[reconstruct] " + ORBIT_HELP["fov"]),
+    start_azimuth: float | None = typer.Option(None, help="[reconstruct] " + ORBIT_HELP["start_azimuth"]),
+    direction: str | None = typer.Option(None, help="[reconstruct] " + ORBIT_HELP["direction"]),
+    full_turn: bool | None = typer.Option(
+        None, "--full-turn/--no-full-turn", help="[reconstruct] " + ORBIT_HELP["full_turn"]
+    ),
+    preset: str | None = typer.Option(
+        None, help="[reconstruct] fast or quality [quality on CUDA, fast on CPU]."
+    ),
+    iterations: int | None = typer.Option(None, help="[reconstruct] Training steps (default: the preset's)."),
+    sh_degree: int | None = typer.Option(None, help="[reconstruct] Spherical-harmonics degree 0-3."),
+    resolution: int | None = typer.Option(None, help="[reconstruct] Longest image side used for fitting."),
+    config: Path | None = typer.Option(None, help="[reconstruct] " + ORBIT_HELP["config"]),
+    device: str = typer.Option("auto", help="auto (CUDA if present), cuda or cpu, for both stages."),
+    overwrite: bool = typer.Option(False, help="Replace a non-empty --out that is not a run folder."),
+    quiet: bool = typer.Option(False, help="No progress bars."),
+) -> None:
+    """Image + text -> orbit video -> splats and meshes, in one command.
+
+    Re-running with the same --out resumes: a stage whose outputs exist and whose inputs and
+    parameters are unchanged is skipped; a changed parameter redoes that stage and what follows.
+    """
+    from droplet3d.generate import GenerateConfig, write_outputs
+    from droplet3d.generate import generate as run_generate
+    from recon import api
+
+    gen_config = GenerateConfig(
+        ckpt=ckpt, image=image, prompt=read_prompt(prompt, prompt_file), frames=frames, height=height,
+        width=width, steps=steps, guidance_scale=guidance_scale, seed=seed, device=device, dtype=dtype,
+        noise_aug_strength=noise_aug_strength, view_align=view_align, align_max_area=align_max_area,
+        offload=offload, negative_prompt=negative_prompt, progress=not quiet,
+    )  # fmt: skip
+    orbit = orbit_options(elevation, radius, fov, start_azimuth, direction, full_turn)
+    fit_options = {
+        "iterations": iterations,
+        "device": device,
+        "sh_degree": sh_degree,
+        "resolution": resolution,
+    }
+    check_run_out(out, overwrite)
+    if not image.is_file():
+        raise CLIError(f"image {image} does not exist")
+    video_dir, asset_dir = out / "video", out / "asset"
+    state = RunState.load(out)
+    log = (lambda m: None) if quiet else (lambda m: typer.echo(m, err=True))
+
+    gen_params = {k: v for k, v in vars(gen_config).items() if k != "progress"}
+    gen_key = fingerprint(
+        {
+            "params": gen_params,
+            "image": hashlib.sha256(image.read_bytes()).hexdigest(),
+            "ckpt": ckpt.resolve(),
+        }
+    )
+    if state.is_done("generate", gen_key, video_dir / "generation.json"):
+        typer.echo(f"generate: up to date in {video_dir}, skipped")
+    else:
+        result = run_generate(gen_config, warn=warn)
+        with staged_output(video_dir, overwrite=True) as tmp:
+            write_outputs(result, tmp, fps=gen_config.fps, progress=not quiet)
+        state.mark("generate", gen_key)
+
+    config_text = config.read_text() if config is not None and config.is_file() else None
+    recon_key = fingerprint(
+        {"orbit": orbit, "fit": fit_options, "preset": preset, "config": config_text,
+         "video": folder_digest(video_dir / "frames")}
+    )  # fmt: skip
+    if state.is_done("reconstruct", recon_key, asset_dir / "report.json"):
+        typer.echo(f"reconstruct: up to date in {asset_dir}, skipped")
+        report = json.loads((asset_dir / "report.json").read_text())
+    else:
+        with staged_output(asset_dir, overwrite=True) as tmp:
+            report = api.reconstruct(
+                video_dir, tmp, orbit, fit_options, preset, config, progress=not quiet, log=log
+            )
+        state.mark("reconstruct", recon_key)
+    typer.echo(f"video: {video_dir / 'orbit.mp4'}")
+    print_outputs(asset_dir, report)
 
 
 def main() -> None:
