@@ -17,10 +17,14 @@ import shutil
 import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from dataclasses import fields as dataclass_fields
 from pathlib import Path
-from typing import ParamSpec, TypeVar
+from typing import TYPE_CHECKING, ParamSpec, TypeVar
 
 import typer
+
+if TYPE_CHECKING:
+    from droplet3d.generate import GenerateConfig
 
 app = typer.Typer(
     name="droplet3d",
@@ -104,77 +108,86 @@ def guarded(fn: Callable[P, R]) -> Callable[P, R]:
 
 
 # --------------------------------------------------------------------------- generate
-@app.command(no_args_is_help=True)
-@guarded
-def generate(
-    ckpt: Path = typer.Option(..., help="The released Droplet3D-5B/ folder (read offline, as published)."),
-    image: Path = typer.Option(..., help="Input image: the object's first view (any size; resized)."),
-    out: Path = typer.Option(..., help="Output folder: frames/, orbit.mp4, generation.json."),
-    prompt: str | None = typer.Option(
+# Options shared by `generate` and `run` (one definition, one help text).
+GENERATE_OPTIONS = {
+    "ckpt": typer.Option(..., help="The released Droplet3D-5B/ folder (read offline, as published)."),
+    "image": typer.Option(..., help="Input image: the object's first view (any size; resized)."),
+    "prompt": typer.Option(
         None,
         help="Dense description of the object and the 360-degree orbit (the quality suffix is appended).",
     ),
-    prompt_file: Path | None = typer.Option(None, help="Read the prompt from this UTF-8 text file instead."),
-    frames: int = typer.Option(85, help="Frames in the orbit; must be 4k+1 (85 in the paper)."),
-    height: int = typer.Option(512, help="Frame height in pixels, a multiple of 16."),
-    width: int = typer.Option(512, help="Frame width in pixels, a multiple of 16."),
-    steps: int = typer.Option(50, help="DDIM denoising steps."),
-    guidance_scale: float = typer.Option(6.0, help="Classifier-free guidance scale."),
-    seed: int = typer.Option(
-        42, help="Seed of the initial noise and noise augmentation (runs are repeatable)."
-    ),
-    device: str = typer.Option("auto", help="auto (CUDA if present), cuda or cpu."),
-    dtype: str = typer.Option(
+    "prompt_file": typer.Option(None, help="Read the prompt from this UTF-8 text file instead."),
+    "frames": typer.Option(85, help="Frames in the orbit; must be 4k+1 (85 in the paper)."),
+    "height": typer.Option(512, help="Frame height in pixels, a multiple of 16."),
+    "width": typer.Option(512, help="Frame width in pixels, a multiple of 16."),
+    "steps": typer.Option(50, help="DDIM denoising steps."),
+    "guidance_scale": typer.Option(6.0, help="Classifier-free guidance scale."),
+    "seed": typer.Option(42, help="Seed of the initial noise and noise augmentation (runs are repeatable)."),
+    "device": typer.Option("auto", help="auto (CUDA if present), cuda or cpu."),
+    "dtype": typer.Option(
         "auto", help="auto (bfloat16 on CUDA, float32 on CPU), bfloat16, float16, float32."
     ),
-    noise_aug_strength: float = typer.Option(
-        0.0563, help="Std of the noise added to the conditioning frame."
-    ),
-    view_align: bool = typer.Option(
+    "noise_aug_strength": typer.Option(0.0563, help="Std of the noise added to the conditioning frame."),
+    "view_align": typer.Option(
         False,
         help="First turn the image to the closest canonical view with FLUX.1-Kontext + the Droplet3D LoRA.",
     ),
-    align_max_area: int = typer.Option(
-        1024**2, help="Pixel area Kontext resizes the input to (view alignment)."
+    "align_max_area": typer.Option(1024**2, help="Pixel area Kontext resizes its input to (view alignment)."),
+    "offload": typer.Option(
+        "none", help="Memory mode on CUDA: none (fastest), model (CPU offload per model), sequential (least)."
     ),
-    offload: str = typer.Option(
-        "none",
-        help="Memory mode on CUDA: none (fastest), model (CPU offload per model), sequential (least memory).",
-    ),
-    negative_prompt: str = typer.Option(
+    "negative_prompt": typer.Option(
         "The video is low quality, blurry, distortion. ", help="Negative prompt for classifier-free guidance."
     ),
-    fps: int = typer.Option(8, help="Frame rate of orbit.mp4."),
-    vae_tiling: bool = typer.Option(False, help="Decode in spatial tiles (less memory, tiny seams)."),
+    "fps": typer.Option(8, help="Frame rate of orbit.mp4."),
+    "vae_tiling": typer.Option(False, help="Decode in spatial tiles (less memory, tiny seams)."),
+    "quiet": typer.Option(False, help="No progress bars."),
+}
+
+
+def generate_config(params: dict[str, object]) -> GenerateConfig:
+    """The GenerateConfig of a command's parameters (those named like its fields)."""
+    from droplet3d.generate import GenerateConfig  # noqa: F811 - imported lazily: torch is slow to import
+
+    names = {f.name for f in dataclass_fields(GenerateConfig)} - {"prompt", "progress"}
+    return GenerateConfig(
+        prompt=read_prompt(params["prompt"], params["prompt_file"]),  # type: ignore[arg-type]
+        progress=not params["quiet"],
+        **{k: v for k, v in params.items() if k in names},  # type: ignore[arg-type]
+    )
+
+
+@app.command(no_args_is_help=True)
+@guarded
+def generate(
+    ckpt: Path = GENERATE_OPTIONS["ckpt"],
+    image: Path = GENERATE_OPTIONS["image"],
+    out: Path = typer.Option(..., help="Output folder: frames/, orbit.mp4, generation.json."),
+    prompt: str | None = GENERATE_OPTIONS["prompt"],
+    prompt_file: Path | None = GENERATE_OPTIONS["prompt_file"],
+    frames: int = GENERATE_OPTIONS["frames"],
+    height: int = GENERATE_OPTIONS["height"],
+    width: int = GENERATE_OPTIONS["width"],
+    steps: int = GENERATE_OPTIONS["steps"],
+    guidance_scale: float = GENERATE_OPTIONS["guidance_scale"],
+    seed: int = GENERATE_OPTIONS["seed"],
+    device: str = GENERATE_OPTIONS["device"],
+    dtype: str = GENERATE_OPTIONS["dtype"],
+    noise_aug_strength: float = GENERATE_OPTIONS["noise_aug_strength"],
+    view_align: bool = GENERATE_OPTIONS["view_align"],
+    align_max_area: int = GENERATE_OPTIONS["align_max_area"],
+    offload: str = GENERATE_OPTIONS["offload"],
+    negative_prompt: str = GENERATE_OPTIONS["negative_prompt"],
+    fps: int = GENERATE_OPTIONS["fps"],
+    vae_tiling: bool = GENERATE_OPTIONS["vae_tiling"],
     overwrite: bool = typer.Option(False, help="Replace a non-empty --out folder."),
-    quiet: bool = typer.Option(False, help="No progress bars."),
+    quiet: bool = GENERATE_OPTIONS["quiet"],
 ) -> None:
     """Generate an 85-frame 360-degree orbit video from one image and a dense text description."""
-    from droplet3d.generate import GenerateConfig, write_outputs
     from droplet3d.generate import generate as run_generate
+    from droplet3d.generate import write_outputs
 
-    text = read_prompt(prompt, prompt_file)
-    config = GenerateConfig(
-        ckpt=ckpt,
-        image=image,
-        prompt=text,
-        frames=frames,
-        height=height,
-        width=width,
-        steps=steps,
-        guidance_scale=guidance_scale,
-        seed=seed,
-        device=device,
-        dtype=dtype,
-        noise_aug_strength=noise_aug_strength,
-        view_align=view_align,
-        align_max_area=align_max_area,
-        offload=offload,
-        negative_prompt=negative_prompt,
-        fps=fps,
-        vae_tiling=vae_tiling,
-        progress=not quiet,
-    )
+    config = generate_config(locals())
     check_out_dir(out, overwrite)
     result = run_generate(config, warn=warn)
     with staged_output(out, overwrite) as tmp:
@@ -452,31 +465,25 @@ def demo(
 @app.command(no_args_is_help=True)
 @guarded
 def run(
-    ckpt: Path = typer.Option(..., help="The released Droplet3D-5B/ folder (read offline, as published)."),
-    image: Path = typer.Option(..., help="Input image: the object's first view."),
+    ckpt: Path = GENERATE_OPTIONS["ckpt"],
+    image: Path = GENERATE_OPTIONS["image"],
     out: Path = typer.Option(..., help="Run folder: video/ (generate), asset/ (reconstruct) and run.json."),
-    prompt: str | None = typer.Option(None, help="Dense description of the object and the 360-degree orbit."),
-    prompt_file: Path | None = typer.Option(None, help="Read the prompt from this UTF-8 text file instead."),
-    frames: int = typer.Option(85, help="[generate] Frames in the orbit; 4k+1."),
-    height: int = typer.Option(512, help="[generate] Frame height, a multiple of 16."),
-    width: int = typer.Option(512, help="[generate] Frame width, a multiple of 16."),
-    steps: int = typer.Option(50, help="[generate] DDIM denoising steps."),
-    guidance_scale: float = typer.Option(6.0, help="[generate] Classifier-free guidance scale."),
-    seed: int = typer.Option(42, help="[generate] Seed of the initial noise and noise augmentation."),
-    dtype: str = typer.Option(
-        "auto", help="[generate] auto (bf16 on CUDA, fp32 on CPU), bfloat16, float16, float32."
-    ),
-    noise_aug_strength: float = typer.Option(
-        0.0563, help="[generate] Noise added to the conditioning frame."
-    ),
-    view_align: bool = typer.Option(
-        False, help="[generate] Canonical-view alignment with FLUX.1-Kontext + LoRA."
-    ),
-    align_max_area: int = typer.Option(1024**2, help="[generate] Pixel area Kontext resizes its input to."),
-    offload: str = typer.Option("none", help="[generate] CUDA memory mode: none, model or sequential."),
-    negative_prompt: str = typer.Option(
-        "The video is low quality, blurry, distortion. ", help="[generate] Negative prompt."
-    ),
+    prompt: str | None = GENERATE_OPTIONS["prompt"],
+    prompt_file: Path | None = GENERATE_OPTIONS["prompt_file"],
+    frames: int = GENERATE_OPTIONS["frames"],
+    height: int = GENERATE_OPTIONS["height"],
+    width: int = GENERATE_OPTIONS["width"],
+    steps: int = GENERATE_OPTIONS["steps"],
+    guidance_scale: float = GENERATE_OPTIONS["guidance_scale"],
+    seed: int = GENERATE_OPTIONS["seed"],
+    dtype: str = GENERATE_OPTIONS["dtype"],
+    noise_aug_strength: float = GENERATE_OPTIONS["noise_aug_strength"],
+    view_align: bool = GENERATE_OPTIONS["view_align"],
+    align_max_area: int = GENERATE_OPTIONS["align_max_area"],
+    offload: str = GENERATE_OPTIONS["offload"],
+    negative_prompt: str = GENERATE_OPTIONS["negative_prompt"],
+    fps: int = GENERATE_OPTIONS["fps"],
+    vae_tiling: bool = GENERATE_OPTIONS["vae_tiling"],
     elevation: float | None = typer.Option(None, help="[reconstruct] " + ORBIT_HELP["elevation"]),
     radius: float | None = typer.Option(None, help="[reconstruct] " + ORBIT_HELP["radius"]),
     fov: float | None = typer.Option(None, help="[reconstruct] " + ORBIT_HELP["fov"]),
@@ -494,23 +501,18 @@ def run(
     config: Path | None = typer.Option(None, help="[reconstruct] " + ORBIT_HELP["config"]),
     device: str = typer.Option("auto", help="auto (CUDA if present), cuda or cpu, for both stages."),
     overwrite: bool = typer.Option(False, help="Replace a non-empty --out that is not a run folder."),
-    quiet: bool = typer.Option(False, help="No progress bars."),
+    quiet: bool = GENERATE_OPTIONS["quiet"],
 ) -> None:
     """Image + text -> orbit video -> splats and meshes, in one command.
 
     Re-running with the same --out resumes: a stage whose outputs exist and whose inputs and
     parameters are unchanged is skipped; a changed parameter redoes that stage and what follows.
     """
-    from droplet3d.generate import GenerateConfig, write_outputs
     from droplet3d.generate import generate as run_generate
+    from droplet3d.generate import write_outputs
     from recon import api
 
-    gen_config = GenerateConfig(
-        ckpt=ckpt, image=image, prompt=read_prompt(prompt, prompt_file), frames=frames, height=height,
-        width=width, steps=steps, guidance_scale=guidance_scale, seed=seed, device=device, dtype=dtype,
-        noise_aug_strength=noise_aug_strength, view_align=view_align, align_max_area=align_max_area,
-        offload=offload, negative_prompt=negative_prompt, progress=not quiet,
-    )  # fmt: skip
+    gen_config = generate_config(locals())
     orbit = orbit_options(elevation, radius, fov, start_azimuth, direction, full_turn)
     fit_options = {
         "iterations": iterations,
