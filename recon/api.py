@@ -85,7 +85,9 @@ def reconstruct(
     default_preset = "quality" if device.type == "cuda" else "fast"
     resolve_settings(config_file, None, orbit_options, fit_options, preset, default_preset)
     frames = load_orbit(input_path)
-    settings = resolve_settings(config_file, frames.orbit_hints, orbit_options, fit_options, preset, default_preset)
+    settings = resolve_settings(
+        config_file, frames.orbit_hints, orbit_options, fit_options, preset, default_preset
+    )
     cameras = write_poses(out, frames, settings.orbit)
     t_poses = time.perf_counter() - t0
     if engine == "splatfacto":
@@ -110,7 +112,9 @@ def _fit_and_export(
     mesh = tsdf_mesh(result.splats, result.cameras, result.hull, settings.mesh)
     files = write_meshes(mesh, out, front_direction(cameras))
     t2 = time.perf_counter()
-    preview_cams = turntable_cameras(settings.orbit, result.cameras, 48, max(96, min(256, result.cameras.width)))
+    preview_cams = turntable_cameras(
+        settings.orbit, result.cameras, 48, max(96, min(256, result.cameras.width))
+    )
     write_preview(Path(out) / "preview.mp4", result.splats, preview_cams)
     t3 = time.perf_counter()
     report = {
@@ -133,7 +137,9 @@ def _fit_and_export(
             "poses": round(t_poses, 2), "fit": round(result.seconds, 2), "mesh": round(t2 - t1, 2),
             "preview": round(t3 - t2, 2), "total": round(time.perf_counter() - t0, 2),
         },
-        "files": {"splats": "splats.ply", "mesh": files, "preview": "preview.mp4", "transforms": "transforms.json"},
+        "files": {
+            "splats": "splats.ply", "mesh": files, "preview": "preview.mp4", "transforms": "transforms.json",
+        },
         "frames_of_reference": {
             "splats.ply, mesh.ply, transforms.json": "world, +Z up, object at the origin",
             "mesh.glb, mesh.obj": "glTF: +Y up, the first frame's side of the object facing +Z",
@@ -160,7 +166,11 @@ def _splatfacto(out: Path, settings: Settings, log: Any) -> dict[str, Any]:
     export = ["ns-export", "gaussian-splat", "--load-config", str(configs[-1]), "--output-dir", str(out)]
     if subprocess.run(export, check=False).returncode != 0:
         raise ReconError("ns-export gaussian-splat failed (its output is above)")
-    report = {"engine": "splatfacto", "orbit": settings.orbit.to_dict(), "nerfstudio_config": str(configs[-1])}
+    report = {
+        "engine": "splatfacto",
+        "orbit": settings.orbit.to_dict(),
+        "nerfstudio_config": str(configs[-1]),
+    }
     (Path(out) / "report.json").write_text(json.dumps(report, indent=2))
     return report
 

@@ -46,7 +46,9 @@ def read_config(path: Path) -> dict[str, Any]:
     data = {k: v for k, v in data.items() if not k.startswith("_")}
     unknown = sorted(set(data) - set(SECTIONS))
     if unknown:
-        raise ReconError(f"config file {path}: unknown section(s) {', '.join(unknown)} (known: {', '.join(SECTIONS)})")
+        raise ReconError(
+            f"config file {path}: unknown section(s) {', '.join(unknown)} (known: {', '.join(SECTIONS)})"
+        )
     for section in ("orbit", "fit", "mesh"):
         if section in data and not isinstance(data[section], dict):
             raise ReconError(f"config file {path}: '{section}' must be an object")

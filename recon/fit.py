@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
@@ -298,7 +299,9 @@ def _init_points(
     cols = frames[cam, v, u].astype(np.float32) / 255.0  # [C, n, 3]
     on = masks[cam, v, u]
     cols = np.where(on[..., None], cols, np.nan)
-    colors = np.nanmedian(cols, axis=0) if on.any() else np.full((len(pts), 3), 0.5)
+    with warnings.catch_warnings():  # points seen on the object in no view: all-NaN, grey below
+        warnings.simplefilter("ignore", RuntimeWarning)
+        colors = np.nanmedian(cols, axis=0) if on.any() else np.full((len(pts), 3), 0.5)
     colors = np.where(np.isnan(colors), 0.5, colors)
     return pts, colors
 
@@ -342,8 +345,8 @@ def fit(
             "plain background?)"
         )
     # The object must be inside what the cameras see of the origin's neighbourhood.
-    half = min(0.95 * float(np.linalg.norm(cams.centers(), axis=1).min()),
-               float(np.linalg.norm(cams.centers(), axis=1).max()) * (cams.height / 2) / cams.fy * 1.05)  # fmt: skip
+    distance = np.linalg.norm(cams.centers(), axis=1)
+    half = min(0.95 * float(distance.min()), float(distance.max()) * (cams.height / 2) / cams.fy * 1.05)
     hull = carve_visual_hull(masks, cams, cfg.hull_resolution, half)
     pts, colors = _init_points(hull, small, masks, cams, cfg, rng)
 

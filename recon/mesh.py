@@ -73,7 +73,8 @@ def tsdf_mesh(splats: Splats, cameras: Cameras, hull: VisualHull, cfg: MeshConfi
     # A uniform grid around the hull (open3d 0.20's ScalableTSDFVolume extracts nothing on some builds).
     volume = o3d.pipelines.integration.UniformTSDFVolume(
         length=length, resolution=int(np.ceil(length / voxel)), sdf_trunc=cfg.trunc_voxels * voxel,
-        color_type=o3d.pipelines.integration.TSDFVolumeColorType.RGB8, origin=(center - length / 2).reshape(3, 1),
+        color_type=o3d.pipelines.integration.TSDFVolumeColorType.RGB8,
+        origin=(center - length / 2).reshape(3, 1),
     )  # fmt: skip
     # open3d puts pixel centres at integers; ours (gsplat, nerfstudio) at +0.5.
     intrinsic = o3d.camera.PinholeCameraIntrinsic(

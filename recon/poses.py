@@ -109,7 +109,7 @@ def orbit_positions(azimuths_deg: np.ndarray, elevation_deg: float | np.ndarray,
 
 
 def look_at_c2w(positions: np.ndarray, target: np.ndarray | None = None) -> np.ndarray:
-    """Camera-to-world matrices (OpenGL axes) looking from `positions` [n, 3] at `target`, +Z up, [n, 4, 4]."""
+    """Camera-to-world (OpenGL axes) [n, 4, 4] looking from `positions` [n, 3] at `target`, +Z up."""
     positions = np.asarray(positions, dtype=np.float64).reshape(-1, 3)
     target = np.zeros(3) if target is None else np.asarray(target, dtype=np.float64)
     forward = target - positions

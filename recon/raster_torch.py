@@ -110,7 +110,7 @@ def project(
     near_plane: float = 0.01,
     far_plane: float = 1e10,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """gsplat's fully-fused EWA projection: means2d [C, N, 2], conics [C, N, 3], depths [C, N], radii [C, N, 2]."""
+    """gsplat's fused EWA projection: means2d [C, N, 2], conics [C, N, 3], depths [C, N], radii [C, N, 2]."""
     R, t = viewmats[:, :3, :3], viewmats[:, :3, 3]  # [C, 3, 3], [C, 3]
     mean_c = torch.einsum("cij,nj->cni", R, means) + t[:, None, :]  # [C, N, 3]
     rot = quat_to_rotmat(quats)  # [N, 3, 3]
@@ -149,7 +149,8 @@ def project(
         ry = torch.ceil(extend * torch.sqrt(c.detach().clamp_min(0)))
         mx, my = means2d.detach().unbind(-1)
         valid = (
-            (z.detach() > near_plane) & (z.detach() < far_plane) & (det.detach() > 0) & (opac >= ALPHA_THRESHOLD)
+            (z.detach() > near_plane) & (z.detach() < far_plane) & (det.detach() > 0)
+            & (opac >= ALPHA_THRESHOLD)
             & ((rx > 0) | (ry > 0))
             & (mx + rx > 0) & (mx - rx < width) & (my + ry > 0) & (my - ry < height)
         )  # fmt: skip
@@ -321,7 +322,16 @@ def rasterize_torch(
         if render_mode in ("RGB+ED", "RGB+D", "RGB+MD"):
             f = torch.cat([f, depths[ci][:, None]], dim=-1)
         img, alpha = _composite_view(
-            means2d[ci], conics[ci], opacities, f, depths[ci], radii[ci], width, height, tile_size, max_pairs,
+            means2d[ci],
+            conics[ci],
+            opacities,
+            f,
+            depths[ci],
+            radii[ci],
+            width,
+            height,
+            tile_size,
+            max_pairs,
             median_depth=render_mode == "RGB+MD",
         )
         if backgrounds is not None:

@@ -159,7 +159,7 @@ def inside(points: np.ndarray, scene: list[Box | Sphere], eps: float = 1e-9) -> 
 
 
 def sample_surface(scene: list[Box | Sphere] | None = None, n: int = 100_000, seed: int = 0) -> np.ndarray:
-    """Points spread evenly over the union's outer surface (parts inside another primitive dropped), [m, 3]."""
+    """Points [m, 3] spread evenly over the union's outer surface (parts inside other primitives dropped)."""
     scene = default_scene() if scene is None else scene
     rng = np.random.default_rng(seed)
     areas = []

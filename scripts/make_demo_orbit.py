@@ -29,7 +29,9 @@ def main() -> None:
     azimuths = np.arange(args.frames) * 360.0 / args.frames
     frames, _ = synthetic.render(synthetic.orbit_c2w(azimuths, 15.0, 2.0), 45.0, args.size)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    with imageio.get_writer(str(args.out), fps=10, codec="libx264", quality=10, macro_block_size=16) as writer:
+    with imageio.get_writer(
+        str(args.out), fps=10, codec="libx264", quality=10, macro_block_size=16
+    ) as writer:
         for frame in frames:
             writer.append_data(frame)
     print(f"wrote {args.out} ({args.out.stat().st_size / 1024:.0f} KiB, {len(frames)} frames)")
