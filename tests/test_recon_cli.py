@@ -1,0 +1,215 @@
+"""The poses / reconstruct / demo commands: real runs on small inputs, and every bad input."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import imageio.v3 as iio
+import numpy as np
+import pytest
+import torch
+from recon_helpers import orbit_frames, write_video
+from typer.testing import CliRunner
+
+from cli import app
+
+runner = CliRunner()
+SMALL_MESH = {"mesh": {"render_size": 64, "extra_views": 8, "voxels": 96}}
+
+
+def assert_user_error(result, out: Path, *needles: str) -> None:
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output
+    lines = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1, result.output
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+    assert not out.exists(), "nothing may be written on failure"
+    assert not list(out.parent.glob(f".{out.name}.partial-*")), "the staging folder must be removed"
+
+
+@pytest.fixture(scope="module")
+def frames() -> np.ndarray:
+    return orbit_frames(16, 64)
+
+
+@pytest.fixture(scope="module")
+def video(frames: np.ndarray, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_video(tmp_path_factory.mktemp("video") / "orbit.mp4", frames)
+
+
+def test_reconstruct_cli_on_a_video(video: Path, tmp_path: Path) -> None:
+    config = tmp_path / "small.json"
+    config.write_text(json.dumps(SMALL_MESH))
+    out = tmp_path / "out"
+    args = ["reconstruct", str(video), "--out", str(out), "--iterations", "80", "--resolution", "48",
+            "--device", "cpu", "--config", str(config), "--quiet"]  # fmt: skip
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    for name in (
+        "splats.ply",
+        "mesh.glb",
+        "mesh.ply",
+        "mesh.obj",
+        "preview.mp4",
+        "report.json",
+        "transforms.json",
+    ):
+        assert (out / name).is_file(), name
+        assert name in result.output or name == "transforms.json"
+    assert len(list((out / "images").glob("*.png"))) == 16
+    report = json.loads((out / "report.json").read_text())
+    assert report["frames"] == 16 and report["fit"]["iterations"] == 80 and report["train_size"] == [48, 48]
+    assert len(report["psnr"]["per_view"]) == 16 and len(report["ssim"]["per_view"]) == 16
+    assert report["psnr"]["mean"] > 14.0  # 80 steps on a small video: rough, but clearly fitted
+    assert report["gaussians"] > 100 and report["timings_s"]["total"] > 0
+    assert report["mesh_settings"]["render_size"] == 64  # the config file was applied
+    meta = json.loads((out / "transforms.json").read_text())
+    assert meta["frames"][0]["file_path"] == "images/00000.png"
+    el = np.radians(15.0)
+    expected = 2.0 * np.array([0.0, np.cos(el), np.sin(el)])  # frame 4 of 16, ccw: azimuth 90 (+Y)
+    np.testing.assert_allclose(np.array(meta["frames"][4]["transform_matrix"])[:3, 3], expected, atol=1e-6)
+    preview = iio.imread(out / "preview.mp4")
+    assert preview.shape[0] == 48 and preview.shape[-1] == 3
+    import trimesh
+
+    assert len(trimesh.load(out / "mesh.glb").to_geometry().vertices) > 100
+    # --overwrite replaces; without it a non-empty --out is refused.
+    again = runner.invoke(app, args)
+    assert again.exit_code == 2 and "--overwrite" in again.output
+
+
+def test_poses_cli_on_a_generate_folder_uses_its_orbit(frames: np.ndarray, tmp_path: Path) -> None:
+    gen = tmp_path / "gen"
+    (gen / "frames").mkdir(parents=True)
+    for i, frame in enumerate(frames):
+        iio.imwrite(gen / "frames" / f"{i:05d}.png", frame)
+    meta = {"frames": 16, "height": 64, "width": 64, "seed": 1, "something_new": [1, 2],
+            "orbit": {"elevation": 30.0, "radius": 3.0, "notes": "ignored"}}  # fmt: skip
+    (gen / "generation.json").write_text(json.dumps(meta))
+    out = tmp_path / "poses"
+    result = runner.invoke(
+        app, ["poses", str(gen), "--out", str(out), "--radius", "2.5", "--direction", "cw"]
+    )
+    assert result.exit_code == 0, result.output
+    data = json.loads((out / "transforms.json").read_text())
+    assert data["orbit"]["elevation"] == 30.0 and data["orbit"]["radius"] == 2.5  # the option wins
+    c1 = np.array(data["frames"][1]["transform_matrix"])[:3, 3]
+    assert np.linalg.norm(c1) == pytest.approx(2.5)
+    assert np.degrees(np.arcsin(c1[2] / 2.5)) == pytest.approx(30.0)
+    assert np.degrees(np.arctan2(c1[1], c1[0])) == pytest.approx(-22.5)  # cw: azimuth decreases
+    assert (out / "images" / "00015.png").is_file()
+
+
+def test_poses_cli_full_turn_on_a_frames_folder(frames: np.ndarray, tmp_path: Path) -> None:
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    for i, frame in enumerate(frames[:9]):
+        iio.imwrite(folder / f"f{i}.png", frame)
+    out = tmp_path / "poses"
+    result = runner.invoke(app, ["poses", str(folder), "--out", str(out), "--full-turn"])
+    assert result.exit_code == 0, result.output
+    data = json.loads((out / "transforms.json").read_text())
+    first, last = (np.array(data["frames"][i]["transform_matrix"]) for i in (0, -1))
+    np.testing.assert_allclose(first, last, atol=1e-9)
+
+
+def _bad_inputs(tmp: Path, frames: np.ndarray, video: Path) -> dict[str, tuple[list[str], tuple[str, ...]]]:
+    garbage = tmp / "garbage.mp4"
+    garbage.write_bytes(b"this is not a video" * 100)
+    empty = tmp / "empty"
+    empty.mkdir()
+    few = tmp / "few"
+    few.mkdir()
+    for i in range(5):
+        iio.imwrite(few / f"{i:03d}.png", frames[i])
+    mixed = tmp / "mixed"
+    mixed.mkdir()
+    for i in range(10):
+        iio.imwrite(mixed / f"{i:03d}.png", frames[i] if i != 6 else frames[i][:32])
+    bad_json = tmp / "bad.json"
+    bad_json.write_text("{not json")
+    unknown_key = tmp / "unknown.json"
+    unknown_key.write_text(json.dumps({"fit": {"iteratons": 3}}))
+    v = str(video)
+    return {
+        "unreadable video": ([str(garbage)], ("cannot read video",)),
+        "missing input": ([str(tmp / "nope.mp4")], ("does not exist",)),
+        "empty folder": ([str(empty)], ("no image files",)),
+        "fewer than 8 frames": ([str(few)], ("5 frame(s)", "at least 8")),
+        "mixed frame sizes": ([str(mixed)], ("mixed frame sizes", "006.png")),
+        "radius 0": ([v, "--radius", "0"], ("radius",)),
+        "radius negative": ([v, "--radius", "-2"], ("radius",)),
+        "elevation 90": ([v, "--elevation", "90"], ("elevation",)),
+        "elevation -120": ([v, "--elevation", "-120"], ("elevation",)),
+        "fov 0": ([v, "--fov", "0"], ("fov",)),
+        "fov 180": ([v, "--fov", "180"], ("fov",)),
+        "direction": ([v, "--direction", "sideways"], ("direction",)),
+        "bad config": ([v, "--config", str(bad_json)], ("cannot read config",)),
+        "unknown config key": ([v, "--config", str(unknown_key)], ("iteratons",)),
+        "missing config": ([v, "--config", str(tmp / "none.json")], ("does not exist",)),
+    }
+
+
+@pytest.mark.parametrize("command", ["poses", "reconstruct"])
+def test_bad_input_is_a_one_line_error_with_nothing_written(
+    command: str, frames: np.ndarray, video: Path, tmp_path: Path
+) -> None:
+    cases = _bad_inputs(tmp_path, frames, video)
+    for name, (args, needles) in cases.items():
+        if command == "poses" and "iteratons" in needles:
+            continue  # poses reads only the orbit section
+        out = tmp_path / f"out-{name.replace(' ', '-')}"
+        extra = ["--device", "cpu", "--quiet"] if command == "reconstruct" else []
+        result = runner.invoke(app, [command, *args, "--out", str(out), *extra])
+        assert_user_error(result, out, *needles)
+
+
+def test_reconstruct_rejects_bad_options(video: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    for args, needle in [
+        (["--preset", "ultra"], "preset"), (["--sh-degree", "5"], "sh-degree"),
+        (["--iterations", "0"], "iterations"), (["--device", "tpu"], "device"),
+        (["--engine", "blender"], "engine"),
+    ]:  # fmt: skip
+        assert_user_error(
+            runner.invoke(app, ["reconstruct", str(video), "--out", str(out), *args]), out, needle
+        )
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
+def test_device_cuda_without_cuda_suggests_cpu(video: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    result = runner.invoke(app, ["reconstruct", str(video), "--out", str(out), "--device", "cuda"])
+    assert_user_error(result, out, "CUDA", "--device cpu")
+    result = runner.invoke(app, ["demo", "--out", str(out), "--device", "cuda"])
+    assert_user_error(result, out, "--device cpu")
+
+
+@pytest.mark.skipif(shutil.which("ns-train") is not None, reason="nerfstudio is installed here")
+def test_splatfacto_engine_without_nerfstudio_names_the_extra(video: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    result = runner.invoke(app, ["reconstruct", str(video), "--out", str(out), "--engine", "splatfacto"])
+    assert_user_error(result, out, "droplet3d[nerfstudio]")
+
+
+def test_demo_writes_an_upright_glb_facing_plus_z(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import trimesh
+
+    from recon import api
+
+    # The real demo runs 400 steps at 96 px (about a minute); the orientation shows after far fewer.
+    monkeypatch.setattr(api, "DEMO_FIT_OPTIONS", {"iterations": 100, "resolution": 64})
+    out = tmp_path / "demo"
+    result = runner.invoke(app, ["demo", "--out", str(out), "--quiet"])
+    assert result.exit_code == 0, result.output
+    assert "mesh.glb" in result.output and "splats.ply" in result.output and "preview.mp4" in result.output
+    mesh = trimesh.load(out / "mesh.glb").to_geometry()
+    v = np.asarray(mesh.vertices)
+    extent = v.max(0) - v.min(0)
+    assert extent[1] > extent[0] + 0.2 and extent[1] > extent[2], "upright: tallest along +Y"
+    top = v[v[:, 1] > v[:, 1].max() - 0.15]
+    assert np.abs(top[:, [0, 2]].mean(0)).max() < 0.1, "the round head sits on top"
+    assert v[:, 2].max() > -v[:, 2].min() + 0.05, "the nose (frame 0's side) points to +Z"
