@@ -194,12 +194,17 @@ def _composite_view(
             x1 = ((m[:, 0] + r[:, 0]) / tile_size).ceil().clamp(0, tiles_x)
             y0 = ((m[:, 1] - r[:, 1]) / tile_size).floor().clamp(0, tiles_y)
             y1 = ((m[:, 1] + r[:, 1]) / tile_size).ceil().clamp(0, tiles_y)
-            tx = torch.arange(tiles_x, device=device, dtype=dtype)
-            ty = torch.arange(tiles_y, device=device, dtype=dtype)
-            hit_x = (tx[:, None] >= x0[None]) & (tx[:, None] < x1[None])  # [TX, G]
-            hit_y = (ty[:, None] >= y0[None]) & (ty[:, None] < y1[None])  # [TY, G]
-            overlap = (hit_y[:, None, :] & hit_x[None, :, :]).reshape(n_tiles, -1)  # [T, G]
-            counts = overlap.sum(dim=1)
+            x0, x1, y0, y1 = x0.long(), x1.long(), y0.long(), y1.long()
+            # Gaussians per tile without a [tiles, gaussians] matrix: a 2D difference array of the
+            # boxes, integrated (keeps memory O(tiles + gaussians) for big renders).
+            diff = torch.zeros((tiles_y + 1) * (tiles_x + 1), device=device, dtype=torch.long)
+            w1 = tiles_x + 1
+            ones = torch.ones_like(x0)
+            diff.index_add_(0, y0 * w1 + x0, ones)
+            diff.index_add_(0, y0 * w1 + x1, -ones)
+            diff.index_add_(0, y1 * w1 + x0, -ones)
+            diff.index_add_(0, y1 * w1 + x1, ones)
+            counts = diff.reshape(tiles_y + 1, w1).cumsum(0).cumsum(1)[:tiles_y, :tiles_x].reshape(-1)
             order = torch.argsort(counts, descending=True)  # similar counts together: little padding
 
         # Pixel centres of every tile, [T, P, 2].
@@ -224,11 +229,15 @@ def _composite_view(
             k_max = int(counts[order[start]])
             if k_max == 0:
                 break
-            n_chunk = max(1, min(n_tiles - start, max_pairs // (P * k_max)))
+            n_chunk = max(1, min(n_tiles - start, max_pairs // (P * k_max), 4 * max_pairs // len(ids)))
             chunk = order[start : start + n_chunk]
             start += n_chunk
             with torch.no_grad():
-                sub = overlap[chunk]  # [t, G]
+                cx, cy = chunk % tiles_x, torch.div(chunk, tiles_x, rounding_mode="floor")
+                sub = (
+                    (cx[:, None] >= x0[None]) & (cx[:, None] < x1[None])
+                    & (cy[:, None] >= y0[None]) & (cy[:, None] < y1[None])
+                )  # fmt: skip  # [t, G]
                 row, col = torch.nonzero(sub, as_tuple=True)  # col ascending = front to back per row
                 first = torch.cumsum(counts[chunk], 0) - counts[chunk]
                 slot = torch.arange(len(row), device=device) - first[row]
