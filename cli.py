@@ -366,11 +366,11 @@ def orbit_options(
 def poses(
     input: Path = typer.Argument(..., help=INPUT_HELP),
     out: Path = typer.Option(..., help="Output folder: images/ and a nerfstudio transforms.json."),
-    elevation: float | None = typer.Option(None, help=ORBIT_HELP["elevation"] + " [preset: 15]"),
-    radius: float | None = typer.Option(None, help=ORBIT_HELP["radius"] + " [preset: 2.0]"),
-    fov: float | None = typer.Option(None, help=ORBIT_HELP["fov"] + " [preset: 45]"),
-    start_azimuth: float | None = typer.Option(None, help=ORBIT_HELP["start_azimuth"] + " [preset: 0]"),
-    direction: str | None = typer.Option(None, help=ORBIT_HELP["direction"] + " [preset: ccw]"),
+    elevation: float | None = typer.Option(None, help=ORBIT_HELP["elevation"] + " (preset: 15)"),
+    radius: float | None = typer.Option(None, help=ORBIT_HELP["radius"] + " (preset: 2.0)"),
+    fov: float | None = typer.Option(None, help=ORBIT_HELP["fov"] + " (preset: 45)"),
+    start_azimuth: float | None = typer.Option(None, help=ORBIT_HELP["start_azimuth"] + " (preset: 0)"),
+    direction: str | None = typer.Option(None, help=ORBIT_HELP["direction"] + " (preset: ccw)"),
     full_turn: bool | None = typer.Option(
         None, "--full-turn/--no-full-turn", help=ORBIT_HELP["full_turn"], show_default=False
     ),
@@ -393,22 +393,22 @@ def reconstruct(
     out: Path = typer.Option(
         ..., help="Output folder: splats.ply, mesh.glb/.ply/.obj, preview.mp4, report.json, transforms.json."
     ),
-    elevation: float | None = typer.Option(None, help=ORBIT_HELP["elevation"] + " [preset: 15]"),
-    radius: float | None = typer.Option(None, help=ORBIT_HELP["radius"] + " [preset: 2.0]"),
-    fov: float | None = typer.Option(None, help=ORBIT_HELP["fov"] + " [preset: 45]"),
-    start_azimuth: float | None = typer.Option(None, help=ORBIT_HELP["start_azimuth"] + " [preset: 0]"),
-    direction: str | None = typer.Option(None, help=ORBIT_HELP["direction"] + " [preset: ccw]"),
+    elevation: float | None = typer.Option(None, help=ORBIT_HELP["elevation"] + " (preset: 15)"),
+    radius: float | None = typer.Option(None, help=ORBIT_HELP["radius"] + " (preset: 2.0)"),
+    fov: float | None = typer.Option(None, help=ORBIT_HELP["fov"] + " (preset: 45)"),
+    start_azimuth: float | None = typer.Option(None, help=ORBIT_HELP["start_azimuth"] + " (preset: 0)"),
+    direction: str | None = typer.Option(None, help=ORBIT_HELP["direction"] + " (preset: ccw)"),
     full_turn: bool | None = typer.Option(
         None, "--full-turn/--no-full-turn", help=ORBIT_HELP["full_turn"], show_default=False
     ),
-    preset: str | None = typer.Option(None, help="fast or quality [default: quality on CUDA, fast on CPU]."),
-    iterations: int | None = typer.Option(None, help="Training steps [fast: 600, quality: 7000]."),
+    preset: str | None = typer.Option(None, help="fast or quality (default: quality on CUDA, fast on CPU)."),
+    iterations: int | None = typer.Option(None, help="Training steps (fast: 600, quality: 7000)."),
     device: str = typer.Option("auto", help="auto (CUDA if present), cuda or cpu."),
-    sh_degree: int | None = typer.Option(None, help="Spherical-harmonics degree 0-3 [fast: 1, quality: 3]."),
+    sh_degree: int | None = typer.Option(None, help="Spherical-harmonics degree 0-3 (fast: 1, quality: 3)."),
     resolution: int | None = typer.Option(
-        None, help="Longest image side used for fitting; frames are downscaled [fast: 128, quality: 512]."
+        None, help="Longest image side used for fitting; frames are downscaled (fast: 128, quality: 512)."
     ),
-    seed: int | None = typer.Option(None, help="Random seed of the initialisation and view order [0]."),
+    seed: int | None = typer.Option(None, help="Random seed of the initialisation and view order (0)."),
     engine: str = typer.Option(
         "gsplat", help="gsplat (built in) or splatfacto (nerfstudio's ns-train; needs the nerfstudio extra)."
     ),
