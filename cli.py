@@ -484,21 +484,35 @@ def run(
     negative_prompt: str = GENERATE_OPTIONS["negative_prompt"],
     fps: int = GENERATE_OPTIONS["fps"],
     vae_tiling: bool = GENERATE_OPTIONS["vae_tiling"],
-    elevation: float | None = typer.Option(None, help="[reconstruct] " + ORBIT_HELP["elevation"]),
-    radius: float | None = typer.Option(None, help="[reconstruct] " + ORBIT_HELP["radius"]),
-    fov: float | None = typer.Option(None, help="[reconstruct] " + ORBIT_HELP["fov"]),
-    start_azimuth: float | None = typer.Option(None, help="[reconstruct] " + ORBIT_HELP["start_azimuth"]),
-    direction: str | None = typer.Option(None, help="[reconstruct] " + ORBIT_HELP["direction"]),
+    elevation: float | None = typer.Option(
+        None, help=ORBIT_HELP["elevation"], rich_help_panel="Reconstruction"
+    ),
+    radius: float | None = typer.Option(None, help=ORBIT_HELP["radius"], rich_help_panel="Reconstruction"),
+    fov: float | None = typer.Option(None, help=ORBIT_HELP["fov"], rich_help_panel="Reconstruction"),
+    start_azimuth: float | None = typer.Option(
+        None, help=ORBIT_HELP["start_azimuth"], rich_help_panel="Reconstruction"
+    ),
+    direction: str | None = typer.Option(
+        None, help=ORBIT_HELP["direction"], rich_help_panel="Reconstruction"
+    ),
     full_turn: bool | None = typer.Option(
-        None, "--full-turn/--no-full-turn", help="[reconstruct] " + ORBIT_HELP["full_turn"]
+        None, "--full-turn/--no-full-turn", help=ORBIT_HELP["full_turn"], rich_help_panel="Reconstruction"
     ),
     preset: str | None = typer.Option(
-        None, help="[reconstruct] fast or quality [quality on CUDA, fast on CPU]."
+        None,
+        help="fast or quality (default: quality on CUDA, fast on CPU).",
+        rich_help_panel="Reconstruction",
     ),
-    iterations: int | None = typer.Option(None, help="[reconstruct] Training steps (default: the preset's)."),
-    sh_degree: int | None = typer.Option(None, help="[reconstruct] Spherical-harmonics degree 0-3."),
-    resolution: int | None = typer.Option(None, help="[reconstruct] Longest image side used for fitting."),
-    config: Path | None = typer.Option(None, help="[reconstruct] " + ORBIT_HELP["config"]),
+    iterations: int | None = typer.Option(
+        None, help="Training steps (default: the preset's).", rich_help_panel="Reconstruction"
+    ),
+    sh_degree: int | None = typer.Option(
+        None, help="Spherical-harmonics degree 0-3.", rich_help_panel="Reconstruction"
+    ),
+    resolution: int | None = typer.Option(
+        None, help="Longest image side used for fitting.", rich_help_panel="Reconstruction"
+    ),
+    config: Path | None = typer.Option(None, help=ORBIT_HELP["config"], rich_help_panel="Reconstruction"),
     device: str = typer.Option("auto", help="auto (CUDA if present), cuda or cpu, for both stages."),
     overwrite: bool = typer.Option(False, help="Replace a non-empty --out that is not a run folder."),
     quiet: bool = GENERATE_OPTIONS["quiet"],
