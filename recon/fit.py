@@ -22,7 +22,7 @@ from __future__ import annotations
 import math
 import time
 import warnings
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from recon.errors import ReconError
+from recon.overrides import with_overrides
 from recon.poses import Cameras
 from recon.raster import rasterize, resolve_device
 
@@ -82,16 +83,8 @@ class FitConfig:
         return self
 
     def updated(self, data: dict[str, Any], where: str = "fit") -> FitConfig:
-        """A copy with the keys of `data` replaced; unknown keys are an error."""
-        known = {f.name for f in fields(self)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ReconError(
-                f"unknown {where} setting(s): {', '.join(unknown)} (known: {', '.join(sorted(known))})"
-            )
-        merged = asdict(self)
-        merged.update({k: v for k, v in data.items() if v is not None})
-        return FitConfig(**merged)
+        """A copy with the keys of `data` replaced; unknown keys are an error (typos must not pass)."""
+        return with_overrides(self, data, where)
 
 
 # --------------------------------------------------------------------------- background and hull

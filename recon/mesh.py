@@ -15,7 +15,7 @@ Frames of the written files:
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +23,7 @@ import numpy as np
 
 from recon.errors import ReconError
 from recon.fit import Splats, VisualHull
+from recon.overrides import with_overrides
 from recon.poses import Cameras, look_at_c2w, orbit_positions
 
 
@@ -36,13 +37,8 @@ class MeshConfig:
     keep_fraction: float = 0.1  # keep components with at least this fraction of the largest's faces
 
     def updated(self, data: dict[str, Any], where: str = "mesh") -> MeshConfig:
-        known = {f.name for f in fields(self)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ReconError(f"unknown {where} setting(s): {', '.join(unknown)}")
-        merged = asdict(self)
-        merged.update({k: v for k, v in data.items() if v is not None})
-        return MeshConfig(**merged)
+        """A copy with the keys of `data` replaced; unknown keys are an error (typos must not pass)."""
+        return with_overrides(self, data, where)
 
 
 def meshing_cameras(cameras: Cameras, size: int, extra_views: int) -> Cameras:

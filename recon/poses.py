@@ -31,13 +31,14 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from recon.errors import ReconError
+from recon.overrides import with_overrides
 
 # OpenGL camera axes (x right, y up, -z forward) <-> OpenCV (x right, y down, +z forward).
 GL_TO_CV = np.diag([1.0, -1.0, -1.0, 1.0])
@@ -80,15 +81,7 @@ class OrbitConfig:
 
     def updated(self, data: dict[str, Any], where: str = "orbit") -> OrbitConfig:
         """A copy with the keys of `data` replaced; unknown keys are an error (typos must not pass)."""
-        known = {f.name for f in fields(self)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ReconError(
-                f"unknown {where} setting(s): {', '.join(unknown)} (known: {', '.join(sorted(known))})"
-            )
-        merged = asdict(self)
-        merged.update({k: v for k, v in data.items() if v is not None})
-        return OrbitConfig(**merged)
+        return with_overrides(self, data, where)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
