@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -32,6 +33,22 @@ def random_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from tiny_checkpoint import build_tiny_checkpoint
 
     return build_tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "Droplet3D-5B")
+
+
+def assert_user_error(result: Any, out: Path | None, *needles: str) -> None:
+    """Exit code 2, exactly one `error:` line containing every needle, no traceback.
+
+    With `out`, also check that nothing was written there and no staging folder was left behind.
+    """
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output
+    lines = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1, result.output
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+    if out is not None:
+        assert not out.exists(), "nothing may be written on failure"
+        assert not list(out.parent.glob(f".{out.name}.partial-*")), "the staging folder must be removed"
 
 
 def load_fixture(name: str) -> dict[str, np.ndarray]:

@@ -10,6 +10,7 @@ import imageio.v3 as iio
 import numpy as np
 import pytest
 import torch
+from conftest import assert_user_error
 from recon_helpers import orbit_frames, write_video
 from typer.testing import CliRunner
 
@@ -17,17 +18,6 @@ from cli import app
 
 runner = CliRunner()
 SMALL_MESH = {"mesh": {"render_size": 64, "extra_views": 8, "voxels": 96}}
-
-
-def assert_user_error(result, out: Path, *needles: str) -> None:
-    assert result.exit_code == 2, result.output
-    assert "Traceback" not in result.output
-    lines = [line for line in result.output.splitlines() if line.startswith("error:")]
-    assert len(lines) == 1, result.output
-    for needle in needles:
-        assert needle in lines[0], lines[0]
-    assert not out.exists(), "nothing may be written on failure"
-    assert not list(out.parent.glob(f".{out.name}.partial-*")), "the staging folder must be removed"
 
 
 @pytest.fixture(scope="module")
