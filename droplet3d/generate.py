@@ -173,7 +173,6 @@ def load_pipeline(
         transformer=models.load_diffusers_model("transformer", paths.transformer, dtype, direct),
         scheduler=models.load_scheduler(paths.scheduler),
     )
-    pipe.set_progress_bar_config(desc="denoise", leave=False)
     if device.type == "cuda" and offload == "model":
         pipe.enable_model_cpu_offload(device=device)
     elif device.type == "cuda" and offload == "sequential":
