@@ -183,7 +183,11 @@ def load_pipeline(
 
 
 def run_view_alignment(
-    image: Image.Image, config: GenerateConfig, paths: CheckpointPaths, dtype: torch.dtype
+    image: Image.Image,
+    config: GenerateConfig,
+    paths: CheckpointPaths,
+    dtype: torch.dtype,
+    device: torch.device,
 ) -> Image.Image:
     """FLUX.1-Kontext + the released LoRA; the Kontext pipeline is freed before returning."""
     from droplet3d.align import AlignConfig, align_view
@@ -195,7 +199,7 @@ def run_view_alignment(
         num_inference_steps=config.align_steps,
         auto_resize=config.align_auto_resize,
         dtype=dtype,
-        device=str(resolve_device(config.device)),
+        device=str(device),
         offload=config.offload,
     )
     return align_view(image, paths.root, align_config, progress=config.progress)
@@ -214,7 +218,7 @@ def generate(config: GenerateConfig, warn: Callable[[str], None] = print) -> Gen
     with cuda_oom_as_error():
         if config.view_align:
             with timer("view_align"):
-                aligned = run_view_alignment(image, config, paths, dtype)
+                aligned = run_view_alignment(image, config, paths, dtype, device)
             image = aligned
             gc.collect()
             if device.type == "cuda":
