@@ -21,6 +21,8 @@ is skipped and says so):
   the extra is the transfers).
 * `compile`: the blocks compiled with `torch.compile`: compile seconds and seconds per step.
 * `offload_sequential`: one transformer call under sequential offload.
+* `fp8` (experiment, not in the default list): the linear layers in float8 with per-channel and
+  per-token scales, eager and compiled, against bf16 and the float32 call.
 
     python benchmarks/bench_generate_gpu.py --json out.json [--steps 50] [--deadline 500]
 """
@@ -548,6 +550,120 @@ def measure_sequential(pipe: Droplet3DPipeline, frames: int, height: int, width:
     }
 
 
+FP8_MAX = 448.0  # largest float8 e4m3fn value
+
+
+class Fp8Linear(torch.nn.Module):
+    """Experiment only: a Linear computed in float8 e4m3 (torch._scaled_mm), bf16 out.
+
+    Weights get one scale per output channel, activations one per token (computed on the fly), so
+    an outlier spoils only its own row. Not in the product: with random weights no one can say
+    whether the error it adds is visible; it is measured here for speed and error per call.
+    """
+
+    def __init__(self, linear: torch.nn.Linear) -> None:
+        super().__init__()
+        w = linear.weight.detach().float()
+        scale = w.abs().amax(dim=1, keepdim=True).clamp(min=1e-12) / FP8_MAX  # [out, 1]
+        self.register_buffer("weight", (w / scale).to(torch.float8_e4m3fn))  # [out, in], row-major
+        self.register_buffer("weight_scale", scale.t().contiguous())  # [1, out]
+        self.bias = None if linear.bias is None else linear.bias.detach()
+        self.fused_bias = scaled_mm_takes_bias(w.device, linear.weight.dtype)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        lead = x.shape[:-1]
+        rows = x.reshape(-1, x.shape[-1])
+        scale = rows.abs().amax(dim=1, keepdim=True).float().clamp(min=1e-12) / FP8_MAX  # [tokens, 1]
+        quantised = (rows.float() / scale).to(torch.float8_e4m3fn)
+        out = torch._scaled_mm(
+            quantised, self.weight.t(), scale_a=scale, scale_b=self.weight_scale,
+            bias=self.bias if self.fused_bias else None, out_dtype=x.dtype,
+        )  # fmt: skip
+        if self.bias is not None and not self.fused_bias:
+            out = out + self.bias
+        return out.reshape(*lead, out.shape[-1])
+
+
+_BIAS_SUPPORT: dict[tuple[str, torch.dtype], bool] = {}
+
+
+def scaled_mm_takes_bias(device: torch.device, dtype: torch.dtype) -> bool:
+    """Whether this torch's row-wise scaled matrix product accepts a bias (else it is added after)."""
+    key = (str(device), dtype)
+    if key not in _BIAS_SUPPORT:
+        a = torch.ones(32, 32, device=device).to(torch.float8_e4m3fn)
+        scale_a, scale_b = torch.ones(32, 1, device=device), torch.ones(1, 32, device=device)
+        try:
+            torch._scaled_mm(a, a.t(), scale_a=scale_a, scale_b=scale_b,
+                             bias=torch.zeros(32, device=device, dtype=dtype), out_dtype=dtype)  # fmt: skip
+            _BIAS_SUPPORT[key] = True
+        except RuntimeError:
+            _BIAS_SUPPORT[key] = False
+    return _BIAS_SUPPORT[key]
+
+
+def linears_to_fp8(transformer: Droplet3DTransformer3DModel) -> int:
+    """Swap every block's q/k/v/out and MLP projections for `Fp8Linear`; returns how many."""
+    count = 0
+    for block in transformer.transformer_blocks:
+        attn, ff = block.attn1, block.ff
+        for name in ("to_q", "to_k", "to_v"):
+            setattr(attn, name, Fp8Linear(getattr(attn, name)))
+        attn.to_out[0] = Fp8Linear(attn.to_out[0])
+        ff.net[0].proj = Fp8Linear(ff.net[0].proj)
+        ff.net[2] = Fp8Linear(ff.net[2])
+        count += 6
+    return count
+
+
+def measure_fp8(
+    pipe: Droplet3DPipeline, frames: int, height: int, width: int, reference: tuple | None
+) -> dict[str, Any]:
+    """Step seconds and error vs float32: bf16 eager and compiled, then fp8 linears eager and compiled."""
+    from droplet3d.pipeline import attention_backends
+
+    only_transformer_on_device(pipe)
+    tr = pipe.transformer
+    priority = list(pipe.sdpa_priority or [])
+    inputs = step_inputs(frames, height, width, tr.dtype)
+    ref_inputs = None
+    if reference is not None:  # batch 1 doubled: the timed shapes, so nothing is compiled again
+        ref_inputs = {
+            k: torch.cat([v, v]).to(tr.dtype) if v.is_floating_point() else torch.cat([v, v])
+            for k, v in reference[0].items()
+        }
+    flops = step_flops(frames, height, width)
+    out: dict[str, Any] = {}
+
+    def measure(name: str, compiled: bool) -> None:
+        began = time.perf_counter()
+        if compiled:
+            tr.compile_blocks()
+            with torch.no_grad(), attention_backends(torch.device(DEVICE), priority):
+                tr(**inputs)
+            sync()
+        first = time.perf_counter() - began
+        t, _ = time_step(tr, inputs, priority, reps=2, warmup=0 if compiled else 1)
+        entry: dict[str, Any] = {"s": round(t, 3), "tflops_equiv": round(flops / t / 1e12, 1)}
+        if compiled:
+            entry["first_call_s_incl_compile"] = round(first, 1)
+        if ref_inputs is not None:
+            _, y = time_step(tr, ref_inputs, priority, reps=1, warmup=0)
+            entry["rel_err_vs_fp32"] = round(rel_err(y[:1], reference[1]), 5)
+        for block in tr.transformer_blocks:
+            block._compiled_call_impl = None
+        out[name] = entry
+        print(f"[fp8] {name} {entry}", flush=True)
+
+    measure("bf16_eager", compiled=False)
+    measure("bf16_compiled", compiled=True)
+    out["fp8_linears"] = linears_to_fp8(tr)
+    out["fp8_bias_fused_in_scaled_mm"] = next(iter(_BIAS_SUPPORT.values()), None)
+    measure("fp8_eager", compiled=False)
+    measure("fp8_compiled", compiled=True)
+    return out
+
+
 def use_smoke_shapes() -> None:
     """Tiny shapes on the CPU: every phase's code runs in seconds, its figures mean nothing."""
     global DEVICE
@@ -636,6 +752,8 @@ def main() -> None:
         )
     if "compile" in phases:
         rec.phase("compile", 150, lambda: measure_compile(pipe, f, s, s))
+    if "fp8" in phases:  # last: it replaces the transformer's linear layers
+        rec.phase("fp8", 120, lambda: measure_fp8(pipe, f, s, s, reference))
     if "sequential" in phases:
         rec.phase("offload_sequential", 60, lambda: measure_sequential(pipe, f, s, s))
     print("SUMMARY " + json.dumps(rec.data, default=str))
