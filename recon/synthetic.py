@@ -22,6 +22,7 @@ class Box:
     center: tuple[float, float, float]
     half: tuple[float, float, float]
     color: tuple[float, float, float]
+    checker: float = 0.0  # cells per unit of a 3D checker texture (0: the smooth pattern only)
 
 
 @dataclass
@@ -29,6 +30,7 @@ class Sphere:
     center: tuple[float, float, float]
     radius: float
     color: tuple[float, float, float]
+    checker: float = 0.0
 
 
 def default_scene() -> list[Box | Sphere]:
@@ -37,6 +39,46 @@ def default_scene() -> list[Box | Sphere]:
         Box(center=(0.0, 0.0, -0.2), half=(0.35, 0.25, 0.25), color=(0.25, 0.45, 0.85)),
         Sphere(center=(0.0, 0.0, 0.25), radius=0.25, color=(0.9, 0.25, 0.2)),
         Box(center=(0.41, 0.0, -0.2), half=(0.06, 0.1, 0.1), color=(0.2, 0.75, 0.3)),
+    ]
+
+
+def tall_textured_scene() -> list[Box | Sphere]:
+    """A checker-textured figure whose head nearly touches the top edge of an elevation-20, fov-40 orbit.
+
+    Spans z in [-0.55, 0.58]: the visual hull's working cube (half-size 0.76 for that orbit) reaches past
+    the frames' top edge, where no view sees, which is the case that used to grow a ceiling of gaussians.
+    """
+    return [
+        Box(center=(0.0, 0.0, -0.25), half=(0.3, 0.24, 0.3), color=(0.95, 0.75, 0.2), checker=8.0),
+        Sphere(center=(0.0, 0.0, 0.3), radius=0.28, color=(0.3, 0.55, 0.9), checker=10.0),
+        Box(center=(0.36, 0.0, -0.2), half=(0.06, 0.1, 0.1), color=(0.85, 0.2, 0.2)),
+    ]
+
+
+def panda_scene() -> list[Box | Sphere]:
+    """A white figure with near-black parts, for a pure black background (the published input's look).
+
+    The dark ears, band and nose are close to the background colour: a silhouette that trusts colour
+    distance alone would carve them away.
+    """
+    white, dark = (0.93, 0.93, 0.9), (0.1, 0.1, 0.1)
+    return [
+        Box(center=(0.0, 0.0, -0.25), half=(0.3, 0.25, 0.25), color=white),
+        Box(center=(0.0, 0.0, -0.25), half=(0.305, 0.255, 0.06), color=dark),  # a dark band round the body
+        Sphere(center=(0.0, 0.0, 0.22), radius=0.25, color=white),
+        Sphere(center=(0.0, 0.17, 0.42), radius=0.08, color=dark),
+        Sphere(center=(0.0, -0.17, 0.42), radius=0.08, color=dark),
+        Box(center=(0.36, 0.0, -0.25), half=(0.06, 0.1, 0.1), color=dark),
+    ]
+
+
+def dark_scene() -> list[Box | Sphere]:
+    """A dark figure for a white background, with one white part (the cap) that matches the background."""
+    return [
+        Box(center=(0.0, 0.0, -0.2), half=(0.32, 0.25, 0.28), color=(0.18, 0.16, 0.2)),
+        Sphere(center=(0.0, 0.0, 0.25), radius=0.24, color=(0.25, 0.12, 0.1)),
+        Box(center=(0.0, 0.0, 0.5), half=(0.12, 0.12, 0.04), color=(1.0, 1.0, 1.0)),
+        Box(center=(0.38, 0.0, -0.2), half=(0.06, 0.1, 0.1), color=(0.1, 0.35, 0.15)),
     ]
 
 
@@ -74,12 +116,18 @@ def pattern(points: np.ndarray) -> np.ndarray:
     return 0.9 + 0.15 * np.sin(7.0 * x + 2.0) * np.sin(7.0 * y + 1.0) * np.cos(6.0 * z)
 
 
+def checker(points: np.ndarray, cells_per_unit: float) -> np.ndarray:
+    """A 3D checker texture in {0.55, 1.0}, [n]: sharp edges that only a texture (not vertex colour) keeps."""
+    cells = np.floor(points * cells_per_unit).astype(np.int64).sum(axis=1)
+    return np.where(cells % 2 == 0, 1.0, 0.55)
+
+
 def ray_cast(
-    origins: np.ndarray, dirs: np.ndarray, scene: list[Box | Sphere]
+    origins: np.ndarray, dirs: np.ndarray, scene: list[Box | Sphere], background: np.ndarray | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Colour [n, 3] (background where missed) and hit distance [n] (inf where missed)."""
+    """Colour [n, 3] (`background` where missed) and hit distance [n] (inf where missed)."""
     best_t = np.full(len(origins), np.inf)
-    color = np.tile(BACKGROUND, (len(origins), 1))
+    color = np.tile(BACKGROUND if background is None else np.asarray(background), (len(origins), 1))
     light = np.array([0.4, -0.3, 0.85])
     light /= np.linalg.norm(light)
     for prim in scene:
@@ -91,8 +139,10 @@ def ray_cast(
             continue
         best_t = np.where(closer, t, best_t)
         points = origins[closer] + t[closer, None] * dirs[closer]
-        shade = 0.45 + 0.55 * np.clip(normal[closer] @ light, 0.0, 1.0)
-        color[closer] = np.clip(np.asarray(prim.color) * (shade * pattern(points))[:, None], 0.0, 1.0)
+        shade = (0.45 + 0.55 * np.clip(normal[closer] @ light, 0.0, 1.0)) * pattern(points)
+        if prim.checker > 0:
+            shade = shade * checker(points, prim.checker)
+        color[closer] = np.clip(np.asarray(prim.color) * shade[:, None], 0.0, 1.0)
     return color, best_t
 
 
@@ -112,14 +162,27 @@ def orbit_c2w(azimuths_deg: np.ndarray, elevation_deg: float, radius: float) -> 
 
 
 def render(
-    c2w: np.ndarray, fov_deg: float, size: int, scene: list[Box | Sphere] | None = None, supersample: int = 3
+    c2w: np.ndarray,
+    fov_deg: float,
+    size: int,
+    scene: list[Box | Sphere] | None = None,
+    supersample: int = 3,
+    background: np.ndarray | tuple | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Render views [n, size, size, 3] uint8 and z-depth [n, size, size] (inf = background).
 
     `fov_deg` is the full vertical field of view. Colour is box-filtered over supersample^2 rays per
-    pixel (anti-aliased edges, like a real renderer); depth is taken at the pixel centre.
+    pixel (anti-aliased edges, like a real renderer); depth is taken at the pixel centre. `background` is
+    one colour [3] (default `BACKGROUND`) or a [2, 3] (top, bottom) pair of colours for a vertical
+    screen-space gradient, as some generators paint.
     """
     scene = default_scene() if scene is None else scene
+    bg = np.asarray(BACKGROUND if background is None else background, dtype=np.float64)
+    if bg.shape == (2, 3):
+        rows = ((np.arange(size) + 0.5) / size)[:, None, None]
+        bg_image = np.broadcast_to(bg[0] + rows * (bg[1] - bg[0]), (size, size, 3)).reshape(-1, 3)
+    else:
+        bg_image = np.broadcast_to(bg.reshape(3), (size * size, 3))
     focal = 0.5 * size / np.tan(np.radians(fov_deg) / 2)
     images, depths = [], []
     for m in np.asarray(c2w).reshape(-1, 4, 4):
@@ -127,16 +190,18 @@ def render(
         for sy in range(supersample):
             for sx in range(supersample):
                 off = ((sx + 0.5) / supersample, (sy + 0.5) / supersample)
-                acc += _cast_view(m, focal, size, off, scene)[0]
+                acc += _cast_view(m, focal, size, off, scene, bg_image)[0]
         images.append(
             np.round(np.clip(acc / supersample**2, 0, 1) * 255).reshape(size, size, 3).astype(np.uint8)
         )
-        _, t, zdir = _cast_view(m, focal, size, (0.5, 0.5), scene)
+        _, t, zdir = _cast_view(m, focal, size, (0.5, 0.5), scene, bg_image)
         depths.append((t * zdir).reshape(size, size))
     return np.stack(images), np.stack(depths)
 
 
-def _cast_view(m: np.ndarray, focal: float, size: int, off: tuple[float, float], scene: list) -> tuple:
+def _cast_view(
+    m: np.ndarray, focal: float, size: int, off: tuple[float, float], scene: list, bg_image: np.ndarray
+) -> tuple:
     j, i = np.meshgrid(np.arange(size) + off[0], np.arange(size) + off[1])
     cam = np.stack([(j - size / 2) / focal, -(i - size / 2) / focal, -np.ones_like(j)], -1).reshape(-1, 3)
     zdir = 1.0 / np.linalg.norm(cam, axis=1)  # z-depth = distance * cos(angle to the optical axis)
@@ -144,6 +209,7 @@ def _cast_view(m: np.ndarray, focal: float, size: int, off: tuple[float, float],
     dirs /= np.linalg.norm(dirs, axis=1, keepdims=True)
     origins = np.broadcast_to(m[:3, 3], dirs.shape)
     color, t = ray_cast(np.ascontiguousarray(origins), dirs, scene)
+    color = np.where(np.isinf(t)[:, None], bg_image, color)
     return color, t, zdir
 
 
