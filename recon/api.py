@@ -105,7 +105,7 @@ def _fit_and_export(
     from recon.preview import turntable_cameras, write_preview
 
     log(f"fitting {frames.count} frames ({settings.preset} preset, {settings.fit.iterations} iterations)")
-    result = fit(frames.frames, cameras, settings.fit, progress=progress)
+    result = fit(frames.frames, cameras, settings.fit, progress=progress, alpha=frames.alpha)
     t1 = time.perf_counter()
     write_splats_ply(Path(out) / "splats.ply", result.splats)
     log(f"fitted {len(result.splats)} gaussians, mean training PSNR {np.mean(result.psnr):.2f} dB; meshing")
@@ -128,8 +128,10 @@ def _fit_and_export(
         "orbit": settings.orbit.to_dict(),
         "fit": asdict(settings.fit),
         "mesh_settings": asdict(settings.mesh),
-        "background": [round(float(v), 4) for v in result.splats.background.cpu()],
+        "background": result.background.report(),
+        "hull": {"voxels": int(result.hull.occupancy.sum()), "resolution": settings.fit.hull_resolution},
         "gaussians": len(result.splats),
+        "initial_gaussians": settings.fit.init_points,
         "psnr": {"mean": float(np.mean(result.psnr)), "per_view": [round(p, 3) for p in result.psnr]},
         "ssim": {"mean": float(np.mean(result.ssim)), "per_view": [round(s, 4) for s in result.ssim]},
         "mesh": {"vertices": len(mesh.vertices), "faces": len(mesh.faces)},

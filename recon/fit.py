@@ -7,11 +7,16 @@ on CPU (`recon.raster_torch`), because both rasterisers return the info gsplat's
 
 Orbit-specific parts:
 
-* Background: generated orbits have a plain light background. Its colour is estimated from the frame
-  borders (median) and the render is composited over it, so gaussians never need to paint background.
-* Silhouettes (pixels that differ from the background) carve a visual hull from the known poses. The
-  hull initialises the gaussians on its surface ("hull" init), gaussians that wander outside it are
-  pruned at every refinement, and an alpha penalty on confidently-background pixels keeps floaters away.
+* Background (`recon.background`): each frame's background is modelled per pixel (plain or gradient,
+  dark or light) or taken from alpha, and renders are composited over it, so gaussians never paint it.
+* Visual hull (`recon.hull`): silhouettes carve a hull from the known poses; space too few views see is
+  empty. The hull initialises the gaussians on its surface ("hull" init), gaussians that leave it are
+  pruned at every refinement and once more at the end, and an alpha penalty applies on pixels that are
+  background in the frame *and* outside the hull's footprint, so one doubtful view cannot erase what
+  the others support.
+* Schedules scale with the run, as simple_trainer's `steps_scaler` does: refinement start, stop and
+  interval, opacity resets and SH-degree steps are fractions of `iterations`, so a 400-step demo still
+  densifies and a long run does not refine more often than gsplat would.
 * gsplat 1.5.3's DefaultStrategy never resets opacity: it tests ``step % reset_every == 0 & step > 0``,
   which Python parses as ``step % reset_every == (0 & step) > 0`` (always false). We call gsplat's own
   `reset_opa` at the intended steps (harmless if a fixed gsplat also does it).
@@ -30,10 +35,21 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from recon.background import Background, find_background
 from recon.errors import ReconError
+from recon.hull import VisualHull, carve_visual_hull, project_points, working_half_size
 from recon.overrides import with_overrides
 from recon.poses import Cameras
 from recon.raster import rasterize, resolve_device
+
+# gsplat's simple_trainer refines every 100 of 30k steps; our runs are 100x shorter, and each refinement
+# needs gradient statistics from several views, so the interval never drops below this many steps.
+MIN_REFINE_EVERY = 10
+HULL_PRUNE_DILATE = 2  # voxels of slack around the hull before a gaussian counts as a floater
+FRACTIONS = (
+    "refine_start_fraction", "refine_stop_fraction", "refine_every_fraction", "reset_every_fraction",
+    "sh_degree_fraction", "hull_min_seen", "hull_tolerance",
+)  # fmt: skip
 
 
 @dataclass
@@ -42,15 +58,15 @@ class FitConfig:
 
     iterations: int = 1500
     sh_degree: int = 1  # 0..3
-    sh_degree_interval: int = 400  # raise the active SH degree every this many steps
     resolution: int = 128  # longest side used for training (frames are downscaled, never upscaled)
     init: str = "hull"  # "hull" (silhouette visual hull surface) or "random" (inside the hull's box)
     init_points: int = 6000
     hull_resolution: int = 64  # voxels per side of the visual-hull grid
+    hull_min_seen: float = 0.5  # share of the views that must see a voxel in their frame for it to be kept
+    hull_tolerance: float = 0.05  # share of the seeing views that may show background without carving
     init_opacity: float = 0.5
     ssim_lambda: float = 0.2
-    mask_lambda: float = 0.5  # weight of the alpha penalty on background pixels
-    bg_threshold: float = 0.06  # colour distance (0..1) from the background that counts as object
+    mask_lambda: float = 0.5  # weight of the alpha penalty on background pixels outside the hull
     # Learning rates: gsplat's, except scales 2x faster because our schedules are hundreds of steps,
     # not 30k. (Faster means also fit faster but let gaussians drift into parts of the visual hull no
     # training view constrains, which the mesh then shows.) The quality preset restores gsplat's values.
@@ -60,10 +76,12 @@ class FitConfig:
     lr_opacities: float = 5e-2
     lr_sh0: float = 2.5e-3
     lr_shN: float = 2.5e-3 / 20
-    refine_start: int = 300
-    refine_stop_fraction: float = 0.8  # densify until this fraction of the iterations
-    refine_every: int = 100
-    reset_every: int = 1000
+    # Schedules, as fractions of `iterations` (simple_trainer: 500 / 15k / 100 / 3000 / 1000 of 30k).
+    refine_start_fraction: float = 0.1  # first densification step
+    refine_stop_fraction: float = 0.7  # densify until this fraction of the iterations
+    refine_every_fraction: float = 0.025  # interval between densification steps (at least 10 steps)
+    reset_every_fraction: float = 0.3  # opacity resets at multiples of this, before refinement stops
+    sh_degree_fraction: float = 0.1  # raise the active SH degree every this fraction of the run
     grow_grad2d: float = 0.0002
     max_gaussians: int = 40000
     seed: int = 0
@@ -80,101 +98,51 @@ class FitConfig:
             raise ReconError(f"resolution must be an integer >= 16, got {self.resolution!r}")
         if self.init_points < 1 or self.hull_resolution < 8:
             raise ReconError("init-points must be >= 1 and hull-resolution >= 8")
+        for name in FRACTIONS:
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
+                raise ReconError(f"{name.replace('_', '-')} must be a fraction in [0, 1], got {value!r}")
         return self
 
     def updated(self, data: dict[str, Any], where: str = "fit") -> FitConfig:
         """A copy with the keys of `data` replaced; unknown keys are an error (typos must not pass)."""
         return with_overrides(self, data, where)
 
-
-# --------------------------------------------------------------------------- background and hull
-def estimate_background(frames: np.ndarray, border: int = 2) -> np.ndarray:
-    """Median colour of the frame borders, [3] in 0..1 (frames [N, H, W, 3] uint8)."""
-    f = frames.astype(np.float32) / 255.0
-    edges = np.concatenate(
-        [f[:, :border].reshape(-1, 3), f[:, -border:].reshape(-1, 3),
-         f[:, :, :border].reshape(-1, 3), f[:, :, -border:].reshape(-1, 3)]
-    )  # fmt: skip
-    return np.median(edges, axis=0)
-
-
-def silhouettes(frames: np.ndarray, background: np.ndarray, threshold: float) -> np.ndarray:
-    """Object masks [N, H, W] bool: pixels whose colour differs from the background, holes filled."""
-    from scipy import ndimage
-
-    diff = np.abs(frames.astype(np.float32) / 255.0 - background[None, None, None]).max(axis=-1)
-    masks = diff > threshold
-    return np.stack([ndimage.binary_fill_holes(m) for m in masks])
+    def schedule(self) -> Schedule:
+        return Schedule.for_run(self)
 
 
 @dataclass
-class VisualHull:
-    """Occupancy of a voxel grid over the cube [-half, half]^3 carved by the silhouettes."""
+class Schedule:
+    """The step numbers of one run, derived from `FitConfig`'s fractions."""
 
-    occupancy: np.ndarray  # [R, R, R] bool, indexed [ix, iy, iz]
-    half: float
+    refine_start: int
+    refine_stop: int
+    refine_every: int
+    reset_every: int
+    sh_degree_every: int
 
-    @property
-    def voxel(self) -> float:
-        return 2.0 * self.half / self.occupancy.shape[0]
-
-    def centers(self, index: np.ndarray) -> np.ndarray:
-        return -self.half + (index + 0.5) * self.voxel
-
-    def contains(self, points: np.ndarray, dilate: int = 1) -> np.ndarray:
-        """Whether points [n, 3] fall in an occupied voxel (after `dilate` voxels of growth), [n]."""
-        from scipy import ndimage
-
-        occ = ndimage.binary_dilation(self.occupancy, iterations=dilate) if dilate > 0 else self.occupancy
-        r = occ.shape[0]
-        idx = np.floor((points + self.half) / self.voxel).astype(np.int64)
-        ok = np.all((idx >= 0) & (idx < r), axis=1)
-        out = np.zeros(len(points), dtype=bool)
-        out[ok] = occ[idx[ok, 0], idx[ok, 1], idx[ok, 2]]
-        return out
-
-
-def project_points(points: np.ndarray, cameras: Cameras) -> tuple[np.ndarray, np.ndarray]:
-    """Pixel coordinates [C, n, 2] and depths [C, n] of world points [n, 3] in every camera."""
-    vm = cameras.viewmats()
-    pc = np.einsum("cij,nj->cni", vm[:, :3, :3], points) + vm[:, None, :3, 3]
-    z = pc[..., 2]
-    with np.errstate(divide="ignore", invalid="ignore"):
-        uv = np.stack(
-            [cameras.fx * pc[..., 0] / z + cameras.cx, cameras.fy * pc[..., 1] / z + cameras.cy], -1
+    @classmethod
+    def for_run(cls, cfg: FitConfig) -> Schedule:
+        n = cfg.iterations
+        return cls(
+            refine_start=round(cfg.refine_start_fraction * n),
+            refine_stop=round(cfg.refine_stop_fraction * n),
+            refine_every=max(MIN_REFINE_EVERY, round(cfg.refine_every_fraction * n)),
+            # A fraction of 0 turns resets off.
+            reset_every=max(1, round(cfg.reset_every_fraction * n)) if cfg.reset_every_fraction else n + 1,
+            sh_degree_every=max(1, round(cfg.sh_degree_fraction * n)),
         )
-    return uv, z
 
+    def refines(self, step: int) -> bool:
+        """Whether `step` is a densification step (gsplat's DefaultStrategy rule)."""
+        return self.refine_start < step < self.refine_stop and step % self.refine_every == 0
 
-def carve_visual_hull(masks: np.ndarray, cameras: Cameras, resolution: int, half: float) -> VisualHull:
-    """Keep voxels that project inside the (1-px dilated) silhouette of all but ~5% of the views.
+    def resets(self, step: int) -> bool:
+        return 0 < step < self.refine_stop and step % self.reset_every == 0
 
-    The small tolerance stops one bad mask (a light object part close to the background colour) from
-    cutting the object; voxels projecting outside an image are not carved by that view.
-    """
-    from scipy import ndimage
-
-    masks = np.stack([ndimage.binary_dilation(m, iterations=1) for m in masks])
-    grid = -half + (np.arange(resolution) + 0.5) * (2.0 * half / resolution)
-    pts = np.stack(np.meshgrid(grid, grid, grid, indexing="ij"), -1).reshape(-1, 3)
-    uv, z = project_points(pts, cameras)
-    misses = np.zeros(len(pts), dtype=np.int32)
-    h, w = masks.shape[1:]
-    for c in range(len(cameras)):
-        u = np.floor(uv[c, :, 0]).astype(np.int64)
-        v = np.floor(uv[c, :, 1]).astype(np.int64)
-        inside = (u >= 0) & (u < w) & (v >= 0) & (v < h) & (z[c] > 0)
-        hit = np.ones(len(pts), dtype=bool)
-        hit[inside] = masks[c][v[inside], u[inside]]
-        misses += ~hit
-    tolerance = int(0.05 * len(cameras))
-    occ = (misses <= tolerance).reshape(resolution, resolution, resolution)
-    if not occ.any():
-        raise ReconError(
-            "the silhouettes carve away everything: the frames do not show one object on a plain "
-            "background, or the orbit values (radius / elevation / fov / direction) do not match the video"
-        )
-    return VisualHull(occ, half)
+    def sh_degree(self, step: int, max_degree: int) -> int:
+        return min(step // self.sh_degree_every, max_degree)
 
 
 # --------------------------------------------------------------------------- model
@@ -195,9 +163,18 @@ class Splats:
         return int(self.means.shape[0])
 
     def render(
-        self, cameras: Cameras, render_mode: str = "RGB", batch: int = 1, backend: str = "auto"
+        self,
+        cameras: Cameras,
+        render_mode: str = "RGB",
+        batch: int = 1,
+        backend: str = "auto",
+        backgrounds: Tensor | None = None,
     ) -> tuple[Tensor, Tensor]:
-        """Images [C, H, W, 3 (+1 depth)] and alphas [C, H, W, 1] for every camera, without gradients."""
+        """Images [C, H, W, 3 (+1 depth)] and alphas [C, H, W, 1] for every camera, without gradients.
+
+        Colours are composited over `backgrounds` [C, H, W, 3] (per pixel) when given, else over the
+        splats' one background colour.
+        """
         device = self.means.device
         viewmats = torch.tensor(cameras.viewmats(), dtype=torch.float32, device=device)
         K = torch.tensor(cameras.K(), dtype=torch.float32, device=device)
@@ -206,13 +183,16 @@ class Splats:
         with torch.no_grad():
             for s in range(0, len(cameras), batch):
                 vm = viewmats[s : s + batch]
+                per_pixel = None if backgrounds is None else backgrounds[s : s + batch]
                 img, alpha, _ = rasterize(
                     self.means, F.normalize(self.quats, dim=-1), torch.exp(self.scales),
                     torch.sigmoid(self.opacities), colors, vm, K[None].expand(len(vm), 3, 3),
                     cameras.width, cameras.height, sh_degree=self.sh_degree,
-                    backgrounds=self.background[None].expand(len(vm), 3), render_mode=render_mode,
-                    backend=backend,
+                    backgrounds=self.background[None].expand(len(vm), 3) if per_pixel is None else None,
+                    render_mode=render_mode, backend=backend,
                 )  # fmt: skip
+                if per_pixel is not None:
+                    img = torch.cat([composite(img[..., :3], alpha, per_pixel), img[..., 3:]], dim=-1)
                 images.append(img)
                 alphas.append(alpha)
         return torch.cat(images), torch.cat(alphas)
@@ -224,7 +204,7 @@ class FitResult:
     hull: VisualHull
     cameras: Cameras  # at training resolution
     targets: np.ndarray  # [N, h, w, 3] uint8 training frames
-    masks: np.ndarray  # [N, h, w] bool silhouettes
+    background: Background  # per-frame backgrounds and silhouettes at training resolution
     psnr: list[float]
     ssim: list[float]
     seconds: float
@@ -283,9 +263,9 @@ def _init_points(
         pick = index[rng.integers(0, len(index), size=cfg.init_points)]
         pts = hull.centers(pick) + rng.uniform(-0.5, 0.5, size=(cfg.init_points, 3)) * hull.voxel
     else:
-        index = np.argwhere(occ)
-        lo, hi = hull.centers(index.min(0)) - hull.voxel, hull.centers(index.max(0)) + hull.voxel
-        pts = rng.uniform(lo, hi, size=(cfg.init_points, 3))
+        lo, hi = hull.bounds()
+        pts = rng.uniform(lo - hull.voxel, hi + hull.voxel, size=(cfg.init_points, 3))
+        pts = pts[hull.contains(pts, dilate=1)] if hull.contains(pts, dilate=1).any() else pts
     # Colour: median over the views where the point lands on the object.
     uv, _ = project_points(pts, cameras)
     h, w = masks.shape[1:]
@@ -309,47 +289,12 @@ def _knn_scale(pts: np.ndarray) -> np.ndarray:
     return np.sqrt(np.mean(d[:, 1:] ** 2, axis=1)).clip(1e-4)
 
 
-def fit(
-    frames: np.ndarray,
-    cameras: Cameras,
-    cfg: FitConfig,
-    progress: bool = True,
-    train_index: list[int] | np.ndarray | None = None,
-) -> FitResult:
-    """Fit splats to `frames` [N, H, W, 3] uint8 seen from `cameras` (at the frames' resolution).
-
-    `train_index` restricts training to some views (the tests hold the others out).
-    """
-    from gsplat.strategy import DefaultStrategy
-    from gsplat.strategy.ops import remove, reset_opa
-    from tqdm.auto import tqdm
-
-    cfg.validate()
-    start = time.perf_counter()
-    device = resolve_device(cfg.device)
-    rng = np.random.default_rng(cfg.seed)
-    torch.manual_seed(cfg.seed)
-
-    index = np.arange(len(frames)) if train_index is None else np.asarray(train_index)
-    small = resize_frames(frames[index], cfg.resolution)
-    cams = cameras.subset(index).scaled(small.shape[2], small.shape[1])
-    background = estimate_background(small)
-    masks = silhouettes(small, background, cfg.bg_threshold)
-    if masks.mean() < 1e-4:
-        raise ReconError(
-            "no object found: every frame matches its border colour (is this an orbit of one object on a "
-            "plain background?)"
-        )
-    # The object must be inside what the cameras see of the origin's neighbourhood.
-    distance = np.linalg.norm(cams.centers(), axis=1)
-    half = min(0.95 * float(distance.min()), float(distance.max()) * (cams.height / 2) / cams.fy * 1.05)
-    hull = carve_visual_hull(masks, cams, cfg.hull_resolution, half)
-    pts, colors = _init_points(hull, small, masks, cams, cfg, rng)
-
+def _initial_params(pts: np.ndarray, colors: np.ndarray, cfg: FitConfig) -> torch.nn.ParameterDict:
+    """gsplat's raw parametrisation: log scales from the 3 nearest neighbours, random rotations."""
     n = len(pts)
     k = (cfg.sh_degree + 1) ** 2
     sh0 = ((colors - 0.5) / 0.28209479177387814)[:, None, :]
-    params = torch.nn.ParameterDict(
+    return torch.nn.ParameterDict(
         {
             "means": torch.nn.Parameter(torch.tensor(pts, dtype=torch.float32)),
             "scales": torch.nn.Parameter(
@@ -360,35 +305,117 @@ def fit(
             "sh0": torch.nn.Parameter(torch.tensor(sh0, dtype=torch.float32)),
             "shN": torch.nn.Parameter(torch.zeros(n, k - 1, 3)),
         }
-    ).to(device)
-    scene_scale = 1.1 * float(np.linalg.norm(cams.centers(), axis=1).max())
+    )
+
+
+def _optimizers(
+    params: torch.nn.ParameterDict, cfg: FitConfig, scene_scale: float
+) -> dict[str, torch.optim.Optimizer]:
     lrs = {
         "means": cfg.lr_means * scene_scale, "scales": cfg.lr_scales, "quats": cfg.lr_quats,
         "opacities": cfg.lr_opacities, "sh0": cfg.lr_sh0, "shN": cfg.lr_shN,
     }  # fmt: skip
-    optimizers = {
+    return {
         name: torch.optim.Adam([{"params": params[name], "lr": lr, "name": name}], eps=1e-15)
         for name, lr in lrs.items()
     }
+
+
+def _prune_outside(
+    hull: VisualHull, params: torch.nn.ParameterDict, optimizers: dict, state: dict[str, Any]
+) -> None:
+    """Remove gaussians whose centres left the (slightly grown) visual hull: floaters, unseen space."""
+    from gsplat.strategy.ops import remove
+
+    with torch.no_grad():
+        means = params["means"].detach().cpu().numpy()
+        outside = ~torch.from_numpy(hull.contains(means, dilate=HULL_PRUNE_DILATE))
+        if outside.any() and not outside.all():
+            remove(params=params, optimizers=optimizers, state=state, mask=outside.to(params["means"].device))
+
+
+def composite(colors: Tensor, alphas: Tensor, backgrounds: Tensor) -> Tensor:
+    """Premultiplied renders [B, H, W, 3] over per-pixel backgrounds [B, H, W, 3]."""
+    return colors + (1.0 - alphas) * backgrounds
+
+
+def prepare_views(
+    frames: np.ndarray, cameras: Cameras, cfg: FitConfig, alpha: np.ndarray | None = None
+) -> tuple[np.ndarray, Cameras, Background]:
+    """Training frames at `cfg.resolution`, their cameras, and their backgrounds and silhouettes."""
+    small = resize_frames(frames, cfg.resolution)
+    cams = cameras.scaled(small.shape[2], small.shape[1])
+    small_alpha = None if alpha is None else resize_frames(alpha[..., None], cfg.resolution)[..., 0]
+    background = find_background(small, small_alpha)
+    if background.masks.mean() < 1e-4:
+        raise ReconError(
+            "no object found: every frame matches its background (is this an orbit of one object on a "
+            "plain background?)"
+        )
+    return small, cams, background
+
+
+def fit(
+    frames: np.ndarray,
+    cameras: Cameras,
+    cfg: FitConfig,
+    progress: bool = True,
+    train_index: list[int] | np.ndarray | None = None,
+    alpha: np.ndarray | None = None,
+) -> FitResult:
+    """Fit splats to `frames` [N, H, W, 3] uint8 seen from `cameras` (at the frames' resolution).
+
+    `alpha` [N, H, W] uint8, when the frames had it, gives the silhouettes. `train_index` restricts
+    training to some views (the tests hold the others out).
+    """
+    from gsplat.strategy import DefaultStrategy
+    from gsplat.strategy.ops import reset_opa
+    from scipy import ndimage
+    from tqdm.auto import tqdm
+
+    cfg.validate()
+    start = time.perf_counter()
+    device = resolve_device(cfg.device)
+    rng = np.random.default_rng(cfg.seed)
+    torch.manual_seed(cfg.seed)
+    schedule = cfg.schedule()
+
+    # 1. Views: training frames, cameras, backgrounds and silhouettes.
+    index = np.arange(len(frames)) if train_index is None else np.asarray(train_index)
+    small, cams, background = prepare_views(
+        frames[index], cameras.subset(index), cfg, None if alpha is None else alpha[index]
+    )
+    masks = background.masks
+
+    # 2. Visual hull over the space the views see, and the pixels where alpha must be zero: background
+    #    in the frame and outside the hull's footprint (what the other views support stays free).
+    hull = carve_visual_hull(
+        masks, cams, working_half_size(cams), cfg.hull_resolution, cfg.hull_min_seen, cfg.hull_tolerance
+    )
+    free = np.stack([~ndimage.binary_dilation(m) for m in masks]) & ~hull.footprints(cams)
+
+    # 3. Gaussians on the hull's surface, optimisers and gsplat's densification strategy.
+    pts, colors = _init_points(hull, small, masks, cams, cfg, rng)
+    params = _initial_params(pts, colors, cfg).to(device)
+    scene_scale = 1.1 * float(np.linalg.norm(cams.centers(), axis=1).max())
+    optimizers = _optimizers(params, cfg, scene_scale)
     means_decay = torch.optim.lr_scheduler.ExponentialLR(
         optimizers["means"], gamma=0.01 ** (1.0 / cfg.iterations)
     )
-    refine_stop = int(cfg.refine_stop_fraction * cfg.iterations)
     strategy = DefaultStrategy(
-        refine_start_iter=cfg.refine_start, refine_stop_iter=refine_stop, refine_every=cfg.refine_every,
-        reset_every=cfg.reset_every, grow_grad2d=cfg.grow_grad2d,
+        refine_start_iter=schedule.refine_start, refine_stop_iter=schedule.refine_stop,
+        refine_every=schedule.refine_every, reset_every=schedule.reset_every, grow_grad2d=cfg.grow_grad2d,
     )  # fmt: skip
     strategy.check_sanity(params, optimizers)
     state = strategy.initialize_state(scene_scale=scene_scale)
 
     targets = torch.tensor(small, dtype=torch.float32, device=device) / 255.0  # [N, h, w, 3]
-    bg_conf = torch.tensor(
-        np.abs(small / 255.0 - background).max(-1) < cfg.bg_threshold / 2, dtype=torch.float32, device=device
-    )  # [N, h, w]: confidently background
+    backgrounds = torch.tensor(background.images, device=device)  # [N, h, w, 3]
+    free_px = torch.tensor(free, dtype=torch.float32, device=device)  # [N, h, w]
     viewmats = torch.tensor(cams.viewmats(), dtype=torch.float32, device=device)
     K = torch.tensor(cams.K(), dtype=torch.float32, device=device)[None]
-    bg = torch.tensor(background, dtype=torch.float32, device=device)[None]
 
+    # 4. The loop: one random view per step, L1 + SSIM + alpha on free pixels, then densify / prune.
     history: list[dict[str, float]] = []
     order: list[int] = []
     bar = tqdm(range(cfg.iterations), desc=f"fitting on {device.type}", disable=not progress, leave=False)
@@ -396,17 +423,17 @@ def fit(
         if not order:
             order = rng.permutation(len(cams)).tolist()
         i = order.pop()
-        degree = min(step // cfg.sh_degree_interval, cfg.sh_degree)
-        img, alpha, info = rasterize(
+        colors_i, alpha_i, info = rasterize(
             params["means"], params["quats"], torch.exp(params["scales"]), torch.sigmoid(params["opacities"]),
             torch.cat([params["sh0"], params["shN"]], 1), viewmats[i : i + 1], K, cams.width, cams.height,
-            sh_degree=degree, backgrounds=bg,
+            sh_degree=schedule.sh_degree(step, cfg.sh_degree),
         )  # fmt: skip
+        img = composite(colors_i, alpha_i, backgrounds[i : i + 1])
         strategy.step_pre_backward(params, optimizers, state, step, info)
         gt = targets[i : i + 1]
         l1 = torch.abs(img - gt).mean()
         loss = (1 - cfg.ssim_lambda) * l1 + cfg.ssim_lambda * (1 - ssim(img, gt))
-        loss = loss + cfg.mask_lambda * (alpha[..., 0] * bg_conf[i : i + 1]).mean()
+        loss = loss + cfg.mask_lambda * (alpha_i[..., 0] * free_px[i : i + 1]).mean()
         loss.backward()
         for opt in optimizers.values():
             opt.step()
@@ -416,12 +443,9 @@ def fit(
         growing = len(params["means"]) < cfg.max_gaussians
         strategy.grow_grad2d = cfg.grow_grad2d if growing else float("inf")
         strategy.step_post_backward(params, optimizers, state, step, info, packed=False)
-        if step < refine_stop and step > cfg.refine_start and step % cfg.refine_every == 0:
-            with torch.no_grad():  # floaters: anything that left the visual hull
-                outside = ~torch.from_numpy(hull.contains(params["means"].detach().cpu().numpy(), dilate=2))
-                if outside.any() and not outside.all():
-                    remove(params=params, optimizers=optimizers, state=state, mask=outside.to(device))
-        if step > 0 and step % cfg.reset_every == 0 and step < refine_stop:
+        if schedule.refines(step):
+            _prune_outside(hull, params, optimizers, state)
+        if schedule.resets(step):
             reset_opa(params=params, optimizers=optimizers, state=state, value=strategy.prune_opa * 2.0)
 
         if step % 10 == 0 or step == cfg.iterations - 1:
@@ -431,13 +455,17 @@ def fit(
             )
             bar.set_postfix(loss=f"{loss.item():.4f}", psnr=f"{p:.2f}", n=len(params["means"]))
     bar.close()
+    # 5. Whatever drifted out of the hull after the last refinement goes too.
+    _prune_outside(hull, params, optimizers, state)
 
+    bg_color = torch.tensor(background.color, dtype=torch.float32, device=device)
     splats = Splats(
         means=params["means"].detach(), scales=params["scales"].detach(), quats=params["quats"].detach(),
         opacities=params["opacities"].detach(), sh0=params["sh0"].detach(), shN=params["shN"].detach(),
-        sh_degree=cfg.sh_degree, background=bg[0],
+        sh_degree=cfg.sh_degree, background=bg_color,
     )  # fmt: skip
-    renders, _ = splats.render(cams)
+    renders, _ = splats.render(cams, backgrounds=backgrounds)
     psnrs = [psnr(renders[j : j + 1], targets[j : j + 1]) for j in range(len(cams))]
     ssims = [float(ssim(renders[j : j + 1], targets[j : j + 1]).item()) for j in range(len(cams))]
-    return FitResult(splats, hull, cams, small, masks, psnrs, ssims, time.perf_counter() - start, history)
+    seconds = time.perf_counter() - start
+    return FitResult(splats, hull, cams, small, background, psnrs, ssims, seconds, history)

@@ -25,10 +25,11 @@ VIDEO_SUFFIXES = (".mp4", ".mov", ".avi", ".mkv", ".webm", ".gif", ".m4v")
 class OrbitFrames:
     """Frames of one orbit, in orbit order."""
 
-    frames: np.ndarray  # [N, H, W, 3] uint8
+    frames: np.ndarray  # [N, H, W, 3] uint8 (RGBA frames composited over white)
     source: str  # "video", "folder" or "generate"
     orbit_hints: dict[str, Any] = field(default_factory=dict)  # orbit values recorded by the source
     metadata: dict[str, Any] = field(default_factory=dict)  # e.g. generation.json, untouched
+    alpha: np.ndarray | None = None  # [N, H, W] uint8 when the frames had alpha: the object's silhouettes
 
     @property
     def count(self) -> int:
@@ -43,8 +44,8 @@ class OrbitFrames:
         return int(self.frames.shape[2])
 
 
-def _to_rgb(image: np.ndarray, name: str) -> np.ndarray:
-    """uint8 RGB [H, W, 3]; alpha is composited over white (the generated orbits' background)."""
+def _to_rgba(image: np.ndarray, name: str) -> np.ndarray:
+    """uint8 RGBA [H, W, 4] of any image (opaque where it had no alpha)."""
     image = np.asarray(image)
     if image.dtype != np.uint8:
         if np.issubdtype(image.dtype, np.integer) and image.max(initial=0) > 255:
@@ -58,10 +59,23 @@ def _to_rgb(image: np.ndarray, name: str) -> np.ndarray:
         raise ReconError(f"{name}: not an RGB image (shape {tuple(image.shape)})")
     if image.shape[-1] == 1:
         image = np.repeat(image, 3, axis=-1)
-    if image.shape[-1] == 4:
-        alpha = image[..., 3:].astype(np.float32) / 255.0
-        image = (image[..., :3] * alpha + 255.0 * (1.0 - alpha)).round().astype(np.uint8)
+    if image.shape[-1] == 3:
+        image = np.concatenate([image, np.full(image.shape[:2] + (1,), 255, dtype=np.uint8)], axis=-1)
     return np.ascontiguousarray(image)
+
+
+def split_alpha(rgba: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+    """RGB frames [N, H, W, 3] composited over white, and alpha [N, H, W] (None when all opaque).
+
+    Alpha is kept because it is the best silhouette there is (the fit uses it instead of guessing the
+    background); the composite keeps every later stage working on plain RGB.
+    """
+    alpha = rgba[..., 3]
+    if alpha.min(initial=255) == 255:
+        return np.ascontiguousarray(rgba[..., :3]), None
+    a = alpha[..., None].astype(np.float32) / 255.0
+    rgb = (rgba[..., :3] * a + 255.0 * (1.0 - a)).round().astype(np.uint8)
+    return rgb, np.ascontiguousarray(alpha)
 
 
 def _natural_key(path: Path) -> list[Any]:
@@ -82,11 +96,11 @@ def _stack(images: list[np.ndarray], names: list[str], where: str) -> np.ndarray
 
 
 def read_video(path: Path) -> np.ndarray:
-    """All frames of a video file, [N, H, W, 3] uint8."""
+    """All frames of a video file, [N, H, W, 4] uint8 RGBA."""
     import imageio.v3 as iio
 
     try:
-        images = [_to_rgb(f, str(path)) for f in iio.imiter(path)]
+        images = [_to_rgba(f, str(path)) for f in iio.imiter(path)]
     except ReconError:
         raise
     except Exception as exc:  # imageio raises many kinds of errors for bad files
@@ -96,7 +110,7 @@ def read_video(path: Path) -> np.ndarray:
 
 
 def read_folder(folder: Path) -> np.ndarray:
-    """The images of a folder in natural name order (00002 before 00010), [N, H, W, 3] uint8."""
+    """The images of a folder in natural name order (00002 before 00010), [N, H, W, 4] uint8 RGBA."""
     import imageio.v3 as iio
 
     files = sorted((p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES), key=_natural_key)
@@ -105,7 +119,7 @@ def read_folder(folder: Path) -> np.ndarray:
     images = []
     for f in files:
         try:
-            images.append(_to_rgb(iio.imread(f), f.name))
+            images.append(_to_rgba(iio.imread(f), f.name))
         except ReconError:
             raise
         except Exception as exc:
@@ -135,7 +149,7 @@ def load_orbit(path: Path) -> OrbitFrames:
             raise ReconError(
                 f"input {path} is not a video ({', '.join(VIDEO_SUFFIXES)}) or a folder of frames"
             )
-        return OrbitFrames(read_video(path), "video")
+        return _orbit(read_video(path), "video")
     generation = path / "generation.json"
     if generation.is_file():
         try:
@@ -153,7 +167,14 @@ def load_orbit(path: Path) -> OrbitFrames:
         expected = meta.get("frames")
         if isinstance(expected, int) and expected != len(frames):
             raise ReconError(f"{path}: generation.json says {expected} frames, found {len(frames)}")
-        return OrbitFrames(frames, "generate", orbit_hints_from_generation(meta), meta)
+        return _orbit(frames, "generate", orbit_hints_from_generation(meta), meta)
     if (path / "frames").is_dir() and not any(p.suffix.lower() in IMAGE_SUFFIXES for p in path.iterdir()):
-        return OrbitFrames(read_folder(path / "frames"), "folder")
-    return OrbitFrames(read_folder(path), "folder")
+        return _orbit(read_folder(path / "frames"), "folder")
+    return _orbit(read_folder(path), "folder")
+
+
+def _orbit(
+    rgba: np.ndarray, source: str, hints: dict[str, Any] | None = None, meta: dict[str, Any] | None = None
+) -> OrbitFrames:
+    rgb, alpha = split_alpha(rgba)
+    return OrbitFrames(rgb, source, hints or {}, meta or {}, alpha)

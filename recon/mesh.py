@@ -22,7 +22,8 @@ from typing import Any
 import numpy as np
 
 from recon.errors import ReconError
-from recon.fit import Splats, VisualHull
+from recon.fit import Splats
+from recon.hull import VisualHull
 from recon.overrides import with_overrides
 from recon.poses import Cameras, look_at_c2w, orbit_positions
 
@@ -60,8 +61,7 @@ def tsdf_mesh(splats: Splats, cameras: Cameras, hull: VisualHull, cfg: MeshConfi
     import trimesh
 
     cams = meshing_cameras(cameras, cfg.render_size, cfg.extra_views)
-    occupied = np.argwhere(hull.occupancy)
-    lo, hi = hull.centers(occupied.min(0)), hull.centers(occupied.max(0))
+    lo, hi = hull.bounds()
     voxel = float((hi - lo).max() + hull.voxel) / cfg.voxels
     margin = (cfg.trunc_voxels + 2) * voxel
     length = float((hi - lo).max()) + hull.voxel + 2 * margin

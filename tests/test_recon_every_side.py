@@ -1,0 +1,177 @@
+"""An asset must be right from every side: unobserved space is empty, backgrounds come dark or light.
+
+Ground truth comes from the analytic scenes of `recon.synthetic` (a ray caster independent of the splat
+rasteriser). The orbit is the framing that used to fail: elevation 20, vertical fov 40, radius 2, where the
+top edge of every frame is horizontal at the cameras' height, so the visual hull's working cube reaches
+past what any frame sees.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import imageio.v3 as iio
+import numpy as np
+import pytest
+import torch
+
+from recon import synthetic
+from recon.background import find_background
+from recon.fit import FitConfig, Schedule, fit, prepare_views, psnr
+from recon.hull import carve_visual_hull, seen_counts, working_half_size
+from recon.inputs import load_orbit
+from recon.mesh import MeshConfig, tsdf_mesh
+from recon.poses import Cameras, OrbitConfig, orbit_cameras
+
+ELEVATION, RADIUS, FOV = 20.0, 2.0, 40.0
+VIEWS, SIZE = 24, 64
+CAMERA_HEIGHT = RADIUS * np.sin(np.radians(ELEVATION))  # the frames' top edge is level at this height
+WHITE, BLACK = (1.0, 1.0, 1.0), (0.0, 0.0, 0.0)
+
+
+def render_orbit(
+    scene: list, background, views: int = VIEWS, elevation: float = ELEVATION, start: float = 0.0
+):
+    """Frames [n, SIZE, SIZE, 3] and true silhouettes [n, SIZE, SIZE] of `scene` on an orbit."""
+    c2w = synthetic.orbit_c2w(np.arange(views) * 360.0 / views, elevation, RADIUS)
+    frames, depth = synthetic.render(c2w, FOV, SIZE, scene, supersample=2, background=background)
+    return frames, np.isfinite(depth), c2w
+
+
+def cameras(c2w: np.ndarray) -> Cameras:
+    base = orbit_cameras(1, OrbitConfig(ELEVATION, RADIUS, FOV), SIZE, SIZE)
+    return Cameras(c2w, base.fx, base.fy, base.cx, base.cy, SIZE, SIZE)
+
+
+def rim_errors(found: np.ndarray, truth: np.ndarray) -> tuple[float, float]:
+    """Shares of the true silhouette [H, W] missed, and of pixels claimed beyond its 1-pixel rim.
+
+    The truth is taken at pixel centres; anti-aliased rim pixels are partly object, so either answer
+    is right there.
+    """
+    from scipy import ndimage
+
+    missed = (truth & ~found).sum() / truth.sum()
+    beyond = (found & ~ndimage.binary_dilation(truth)).sum() / truth.sum()
+    return float(missed), float(beyond)
+
+
+@pytest.fixture(scope="module")
+def tall_fit():
+    """A short fit of the figure whose working volume reaches past the frames' top edge."""
+    scene = synthetic.tall_textured_scene()
+    frames, _, c2w = render_orbit(scene, WHITE)
+    cfg = FitConfig(iterations=300, resolution=SIZE, device="cpu", seed=0, init_points=3000)
+    result = fit(frames, cameras(c2w), cfg, progress=False)
+    return scene, result, cfg
+
+
+def test_hull_keeps_no_space_that_the_frames_do_not_see() -> None:
+    scene = synthetic.tall_textured_scene()
+    frames, _, c2w = render_orbit(scene, WHITE)
+    cams = cameras(c2w)
+    half = working_half_size(cams)
+    assert half > CAMERA_HEIGHT + 0.05, "the scene must reach past the frames, or it tests nothing"
+    background = find_background(frames)
+    hull = carve_visual_hull(background.masks, cams, half, 48, min_seen=0.5, tolerance=0.05)
+    centres = hull.centers(np.argwhere(hull.occupancy))
+    assert (seen_counts(centres, cams) >= VIEWS / 2).all()
+    assert centres[:, 2].max() < CAMERA_HEIGHT, "no voxel above the frames' top edge"
+    # ... while the whole object stays: every true surface point is inside the (1-voxel grown) hull.
+    surface = synthetic.sample_surface(scene, n=20_000)
+    assert hull.contains(surface, dilate=1).mean() > 0.995
+
+
+def test_no_gaussian_or_mesh_sheet_in_unobserved_space(tall_fit) -> None:
+    scene, result, _ = tall_fit
+    means = result.splats.means.numpy()
+    assert (seen_counts(means, result.cameras) >= VIEWS / 2).all(), "a gaussian sits where no frame sees"
+    mesh = tsdf_mesh(result.splats, result.cameras, result.hull, MeshConfig(voxels=96, render_size=96))
+    top = max(p.center[2] + (p.radius if isinstance(p, synthetic.Sphere) else p.half[2]) for p in scene)
+    assert mesh.vertices[:, 2].max() < top + 0.06, "a sheet above the object"
+    assert np.abs(mesh.vertices[:, :2]).max() < 0.5, "a sheet beside the object"
+    assert len(mesh.split(only_watertight=False)) <= 2, "fog: many small pieces"
+
+
+def test_view_from_above_a_scene_whose_working_volume_leaves_the_frame(tall_fit) -> None:
+    scene, result, _ = tall_fit
+    c2w = synthetic.orbit_c2w(np.arange(4) * 90.0 + 20.0, ELEVATION + 20.0, RADIUS)
+    truth, _ = synthetic.render(c2w, FOV, SIZE, scene, supersample=2, background=WHITE)
+    renders, _ = result.splats.render(cameras(c2w))
+    gt = torch.tensor(truth, dtype=torch.float32) / 255.0
+    values = [psnr(renders[i : i + 1], gt[i : i + 1]) for i in range(len(c2w))]
+    print(f"PSNR from 20 degrees above the orbit: {np.round(values, 2)}")
+    # A 300-step fit at 64 px measures about 22 dB; a grey ceiling over the object gives 11-15 dB.
+    assert min(values) >= 19.0
+
+
+def test_a_short_run_densifies(tall_fit) -> None:
+    _, result, cfg = tall_fit
+    assert len(result.splats) > cfg.init_points
+    assert max(h["gaussians"] for h in result.history) > cfg.init_points
+
+
+def test_schedules_scale_with_the_run() -> None:
+    short, long = FitConfig(iterations=400).schedule(), FitConfig(iterations=30_000).schedule()
+    short_refines = [s for s in range(400) if short.refines(s)]
+    long_refines = [s for s in range(30_000) if long.refines(s)]
+    assert len(short_refines) >= 10, "the demo's 400 steps must densify"
+    # simple_trainer refines every 100 steps from 500 to 15000 in 30k: no more often than that.
+    assert len(long_refines) <= (15_000 - 500) // 100
+    assert short.sh_degree(399, 3) == 3 and long.sh_degree(29_999, 3) == 3
+    assert [s for s in range(400) if short.resets(s)] == [120, 240]
+    assert Schedule.for_run(FitConfig(iterations=400, reset_every_fraction=0.0)).resets(120) is False
+
+
+@pytest.mark.parametrize(
+    ("scene", "background"),
+    [
+        pytest.param(synthetic.panda_scene(), BLACK, id="white-and-black-on-black"),
+        pytest.param(synthetic.dark_scene(), WHITE, id="dark-with-white-cap-on-white"),
+        pytest.param(synthetic.default_scene(), ((0.15, 0.15, 0.25), (0.85, 0.85, 0.9)), id="gradient"),
+    ],
+)
+def test_silhouettes_on_dark_light_and_gradient_backgrounds(scene, background) -> None:
+    frames, truth, c2w = render_orbit(scene, background, views=8)
+    found = find_background(frames)
+    errors = np.array([rim_errors(found.masks[i], truth[i]) for i in range(len(frames))])
+    print(f"silhouette missed / beyond the rim: {errors.max(axis=0)}, {found.report()}")
+    # Colour distance from a border median at a fixed 0.06 missed 15-20% of the panda's silhouettes (its
+    # dark parts) and 65% of a figure on a gradient.
+    assert errors[:, 0].max() <= 0.01 and errors[:, 1].max() <= 0.01
+    # The parts that match the background stay in the hull that all views carve together.
+    frames, _, c2w = render_orbit(scene, background)
+    cams = cameras(c2w)
+    masks = find_background(frames).masks
+    hull = carve_visual_hull(masks, cams, working_half_size(cams), 48, min_seen=0.5, tolerance=0.05)
+    assert hull.contains(synthetic.sample_surface(scene, n=20_000), dilate=1).mean() > 0.995
+
+
+def test_one_wrong_silhouette_does_not_carve_the_object() -> None:
+    scene = synthetic.default_scene()
+    frames, truth, c2w = render_orbit(scene, WHITE)
+    masks = truth.copy()
+    masks[5, : SIZE // 2] = False  # one view loses the top half of the object
+    cams = cameras(c2w)
+    hull = carve_visual_hull(masks, cams, working_half_size(cams), 48, min_seen=0.5, tolerance=0.05)
+    assert hull.contains(synthetic.sample_surface(scene, n=20_000), dilate=1).mean() > 0.995
+
+
+def test_rgba_frames_use_their_alpha_as_the_silhouette(tmp_path: Path) -> None:
+    scene = synthetic.default_scene()
+    frames, truth, _ = render_orbit(scene, WHITE, views=8)
+    rng = np.random.default_rng(0)
+    for i, (rgb, mask) in enumerate(zip(frames, truth, strict=True)):
+        # Transparent pixels hold noise: only alpha can tell object from background here.
+        noise = rng.integers(0, 256, size=rgb.shape, dtype=np.uint8)
+        rgba = np.concatenate(
+            [np.where(mask[..., None], rgb, noise), (mask * 255).astype(np.uint8)[..., None]], -1
+        )
+        iio.imwrite(tmp_path / f"{i:03d}.png", rgba)
+    orbit = load_orbit(tmp_path)
+    assert orbit.alpha is not None and orbit.alpha.shape == truth.shape
+    cams = orbit_cameras(8, OrbitConfig(ELEVATION, RADIUS, FOV), SIZE, SIZE)
+    _, _, background = prepare_views(orbit.frames, cams, FitConfig(resolution=SIZE), orbit.alpha)
+    assert background.method == "alpha"
+    np.testing.assert_array_equal(background.masks, truth)
+    np.testing.assert_allclose(background.color, [1.0, 1.0, 1.0])  # composited over white
