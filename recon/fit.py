@@ -77,13 +77,15 @@ class FitConfig:
     lr_sh0: float = 2.5e-3
     lr_shN: float = 2.5e-3 / 20
     # Schedules, as fractions of `iterations` (simple_trainer: 500 / 15k / 100 / 3000 / 1000 of 30k).
-    refine_start_fraction: float = 0.1  # first densification step
+    # About ten refinements whatever the length: each may double the gaussians that still have large
+    # view-space gradients, and starting once the colours have settled keeps early noise from splitting.
+    refine_start_fraction: float = 0.2  # first densification step
     refine_stop_fraction: float = 0.7  # densify until this fraction of the iterations
-    refine_every_fraction: float = 0.025  # interval between densification steps (at least 10 steps)
+    refine_every_fraction: float = 0.05  # interval between densification steps (at least 10 steps)
     reset_every_fraction: float = 0.3  # opacity resets at multiples of this, before refinement stops
     sh_degree_fraction: float = 0.1  # raise the active SH degree every this fraction of the run
     grow_grad2d: float = 0.0002
-    max_gaussians: int = 40000
+    max_gaussians: int = 20000  # growth stops here (the CPU rasteriser's cost is linear in it)
     seed: int = 0
     device: str = "auto"
 

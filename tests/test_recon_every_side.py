@@ -61,7 +61,9 @@ def tall_fit():
     """A short fit of the figure whose working volume reaches past the frames' top edge."""
     scene = synthetic.tall_textured_scene()
     frames, _, c2w = render_orbit(scene, WHITE)
-    cfg = FitConfig(iterations=300, resolution=SIZE, device="cpu", seed=0, init_points=3000)
+    cfg = FitConfig(
+        iterations=300, resolution=SIZE, device="cpu", seed=0, init_points=3000, max_gaussians=8000
+    )
     result = fit(frames, cameras(c2w), cfg, progress=False)
     return scene, result, cfg
 
@@ -115,7 +117,7 @@ def test_schedules_scale_with_the_run() -> None:
     short, long = FitConfig(iterations=400).schedule(), FitConfig(iterations=30_000).schedule()
     short_refines = [s for s in range(400) if short.refines(s)]
     long_refines = [s for s in range(30_000) if long.refines(s)]
-    assert len(short_refines) >= 10, "the demo's 400 steps must densify"
+    assert len(short_refines) >= 8, "the demo's 400 steps must densify"
     # simple_trainer refines every 100 steps from 500 to 15000 in 30k: no more often than that.
     assert len(long_refines) <= (15_000 - 500) // 100
     assert short.sh_degree(399, 3) == 3 and long.sh_degree(29_999, 3) == 3
