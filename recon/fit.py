@@ -260,8 +260,10 @@ def _init_points(
 
     occ = hull.occupancy
     if cfg.init == "hull":
+        # The surface that some view sees: the hidden underside would only grow junk seen from below.
         surface = occ & ~ndimage.binary_erosion(occ)
-        index = np.argwhere(surface)
+        visible = surface & hull.visible(cameras)
+        index = np.argwhere(visible if visible.any() else surface)
         pick = index[rng.integers(0, len(index), size=cfg.init_points)]
         pts = hull.centers(pick) + rng.uniform(-0.5, 0.5, size=(cfg.init_points, 3)) * hull.voxel
     else:

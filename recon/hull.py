@@ -22,6 +22,7 @@ from recon.errors import ReconError
 from recon.poses import Cameras
 
 MIN_CARVING_VIEWS = 2  # a voxel is carved by at least this many views showing background there
+VISIBLE_SLACK_VOXELS = 1.5  # a voxel this close behind the nearest one in its pixel still counts as seen
 
 
 @dataclass
@@ -55,6 +56,33 @@ class VisualHull:
         occupied = np.argwhere(self.occupancy)
         return self.centers(occupied.min(0)), self.centers(occupied.max(0))
 
+    def visible(self, cameras: Cameras) -> np.ndarray:
+        """[R, R, R] bool: occupied voxels that some camera sees in front of every other occupied voxel.
+
+        The hull's underside (below an object seen only from above, say) is inside every silhouette but
+        hidden from every view: a gaussian placed there would never be corrected, and would show as junk
+        from below. Voxels are drawn as squares about their projected size into a per-view depth buffer.
+        """
+        from scipy import ndimage
+
+        index = np.argwhere(self.occupancy)
+        uv, z = project_points(self.centers(index), cameras)
+        seen = np.zeros(len(index), dtype=bool)
+        for c in range(len(cameras)):
+            u, v, ok = pixel_index(uv[c], z[c], cameras.width, cameras.height)
+            depth = np.full((cameras.height, cameras.width), np.inf)
+            np.minimum.at(depth, (v[ok], u[ok]), z[c, ok])
+            size = 2 * self._pixel_radius(cameras, z[c]) + 1
+            depth = ndimage.grey_erosion(depth, size=(size, size))  # each voxel covers its footprint
+            seen[ok] |= z[c, ok] <= depth[v[ok], u[ok]] + VISIBLE_SLACK_VOXELS * self.voxel
+        out = np.zeros_like(self.occupancy)
+        out[tuple(index[seen].T)] = True
+        return out
+
+    def _pixel_radius(self, cameras: Cameras, depths: np.ndarray) -> int:
+        """About half a voxel's size in pixels at the typical depth of `depths`."""
+        return math.ceil(0.5 * self.voxel * cameras.fy / max(float(np.median(depths)), 1e-6))
+
     def footprints(self, cameras: Cameras) -> np.ndarray:
         """[C, H, W] bool: the pixels each camera sees the hull's voxels through (voxels drawn as discs)."""
         from scipy import ndimage
@@ -65,8 +93,7 @@ class VisualHull:
         for c in range(len(cameras)):
             u, v, ok = pixel_index(uv[c], z[c], cameras.width, cameras.height)
             out[c, v[ok], u[ok]] = True
-            # A voxel covers about voxel * f / depth pixels: grow each dot to that radius.
-            radius = math.ceil(0.5 * self.voxel * cameras.fy / max(float(np.median(z[c])), 1e-6))
+            radius = self._pixel_radius(cameras, z[c])  # grow each dot to the voxel's size
             if radius > 0:
                 out[c] = ndimage.binary_dilation(out[c], iterations=radius)
         return out
