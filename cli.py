@@ -13,8 +13,11 @@ import contextlib
 import functools
 import hashlib
 import json
+import os
 import shutil
+import signal
 import tempfile
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from dataclasses import fields as dataclass_fields
@@ -46,6 +49,7 @@ def _root() -> None:
 
 
 EXIT_USAGE = 2
+DEBUG_ENV = "DROPLET3D_DEBUG"
 P = ParamSpec("P")
 R = TypeVar("R")
 
@@ -64,31 +68,217 @@ def warn(message: str) -> None:
     typer.secho(f"warning: {message}", fg=typer.colors.YELLOW, err=True)
 
 
+# --------------------------------------------------------------------------- output safety
+# Our own scratch names beside (or, for `run`, inside) an output folder. Anything matching them
+# belongs to us: a crashed or killed run leaves them behind and the next run for the same --out
+# removes them while it holds that --out's lock.
+STAGING_INFIX = ".partial-"
+LOCK_SUFFIX = ".lock"
+# Room every command needs beyond its outputs (reports, previews, the mp4 muxer's buffers).
+MIN_FREE_BYTES = 64 * 1024**2
+FULL_PERMISSIONS = 0o777
+
+
+def staging_prefix(out: Path) -> str:
+    return f".{out.name}{STAGING_INFIX}"
+
+
+def is_scratch(path: Path) -> bool:
+    """Whether `path` is one of our staging folders or lock files (never user data)."""
+    name = path.name
+    return name.startswith(".") and (STAGING_INFIX in name or name.endswith(LOCK_SUFFIX))
+
+
+def real_out(out: Path) -> Path:
+    """The folder --out names, as an absolute path; a symlink is followed so we write through it.
+
+    Staging happens beside the real folder (the rename must stay on one filesystem) and the link keeps
+    pointing at the new contents. A link to a file, or a loop, is a one-line error.
+    """
+    out = Path(os.path.abspath(out))
+    if not out.is_symlink():
+        return out
+    try:
+        target = out.resolve(strict=False)
+    except (OSError, RuntimeError) as exc:  # RuntimeError: a symlink loop on Python < 3.13
+        raise CLIError(f"--out {out} is a symlink that cannot be resolved: {exc}") from exc
+    if target.exists() and not target.is_dir():
+        raise CLIError(f"--out {out} is a symlink to {target}, which is not a folder")
+    return target
+
+
+def refuse_overlap(out: Path, inputs: dict[str, Path | None]) -> None:
+    """An --out that is, contains or lies inside an input would destroy that input on replace."""
+    target = real_out(out)
+    for label, path in inputs.items():
+        if path is None:
+            continue
+        source = Path(path).resolve()
+        if target == source:
+            raise CLIError(f"--out {out} is the {label} {path}; choose another output folder")
+        if target in source.parents:
+            raise CLIError(f"--out {out} contains the {label} {path}; choose another output folder")
+        if source in target.parents:
+            raise CLIError(f"--out {out} lies inside the {label} {path}; choose another output folder")
+    if target == Path.cwd().resolve() or target in Path.cwd().resolve().parents:
+        raise CLIError(f"--out {out} is the current folder or contains it; choose another output folder")
+
+
+def user_entries(folder: Path) -> list[Path]:
+    """What a folder holds apart from our own leftovers."""
+    return [p for p in folder.iterdir() if not is_scratch(p)]
+
+
 def check_out_dir(out: Path, overwrite: bool) -> None:
     """Refuse to clobber a non-empty output folder unless asked to."""
+    out = real_out(out)
     if out.exists() and not out.is_dir():
         raise CLIError(f"--out {out} exists and is not a folder")
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
+    if out.is_dir() and user_entries(out) and not overwrite:
         raise CLIError(f"--out {out} exists and is not empty; pass --overwrite to replace it")
 
 
-@contextlib.contextmanager
-def staged_output(out: Path, overwrite: bool) -> Iterator[Path]:
-    """Yield a temporary folder beside `out`; move it to `out` only if the block succeeds.
-
-    The temporary folder lives in the same parent so the final rename is atomic on one filesystem.
-    """
-    check_out_dir(out, overwrite)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+def make_parent(folder: Path) -> None:
     try:
-        yield tmp
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    if out.exists():
-        shutil.rmtree(out)
-    tmp.rename(out)
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise CLIError(f"cannot create the output's parent folder {folder}: {exc.strerror or exc}") from exc
+
+
+@contextlib.contextmanager
+def out_lock(out: Path) -> Iterator[None]:
+    """Hold an exclusive lock on --out (a `.NAME.lock` file beside it) so two writers cannot race.
+
+    flock locks vanish with their process, so a killed run never leaves a stuck lock. The lock file is
+    removed on release; a waiter that locked the removed inode notices (the inode differs) and retries.
+    """
+    import fcntl
+
+    lock = out.parent / f".{out.name}{LOCK_SUFFIX}"
+    while True:
+        try:
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
+        except OSError as exc:
+            raise CLIError(f"cannot write in {out.parent}: {exc.strerror or exc}") from exc
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as exc:
+            os.close(fd)
+            raise CLIError(f"--out {out} is being written by another droplet3d process; wait for it") from exc
+        try:
+            current = os.stat(lock).st_ino
+        except FileNotFoundError:
+            current = -1
+        if current == os.fstat(fd).st_ino:
+            break
+        os.close(fd)
+    try:
+        yield
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            lock.unlink()
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def terminate_as_exit() -> Iterator[None]:
+    """Turn SIGTERM into SystemExit while outputs are staged, so cleanup runs as it does on Ctrl-C."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def on_term(signum: int, _frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, on_term)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def remove_stale_staging(out: Path) -> None:
+    """Delete staging folders an earlier, killed run left for this --out (call with the lock held)."""
+    for leftover in out.parent.glob(staging_prefix(out) + "*"):
+        shutil.rmtree(leftover, ignore_errors=True)
+
+
+def current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def make_staging(out: Path) -> Path:
+    """A fresh staging folder beside `out`, with the permissions a plain mkdir would give."""
+    try:
+        tmp = Path(tempfile.mkdtemp(prefix=staging_prefix(out), dir=out.parent))
+    except OSError as exc:
+        raise CLIError(f"cannot write in {out.parent}: {exc.strerror or exc}") from exc
+    os.chmod(tmp, FULL_PERMISSIONS & ~current_umask())  # mkdtemp makes 0700
+    return tmp
+
+
+def check_free_space(folder: Path, need_bytes: int) -> None:
+    free = shutil.disk_usage(folder).free
+    if free < need_bytes:
+        raise CLIError(
+            f"not enough free space in {folder}: {free / 1024**2:.0f} MiB free, "
+            f"about {need_bytes / 1024**2:.0f} MiB needed"
+        )
+
+
+def publish(tmp: Path, out: Path, overwrite: bool) -> None:
+    """Move the finished `tmp` to `out`, deciding about --overwrite again at this very moment.
+
+    Without --overwrite the rename itself is the check: POSIX replaces only an empty folder, so a file
+    the user put in --out meanwhile makes it fail, and the result is kept beside --out instead.
+    """
+    if overwrite and out.exists() and not out.is_dir():
+        raise CLIError(f"--out {out} became a file while this ran; it was left untouched")
+    old = None
+    if overwrite and out.is_dir():
+        old = out.parent / f"{staging_prefix(out)}old-{os.getpid()}"
+        os.rename(out, old)
+    try:
+        os.rename(tmp, out)
+    except OSError as exc:
+        if old is not None:
+            os.rename(old, out)
+            raise
+        kept = out.with_name(f"{out.name}.new-{os.getpid()}")
+        os.rename(tmp, kept)
+        raise CLIError(
+            f"--out {out} was filled by someone else while this ran and was left untouched; "
+            f"the result is in {kept}"
+        ) from exc
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def staged_output(
+    out: Path, overwrite: bool, need_bytes: int = MIN_FREE_BYTES, lock: bool = True
+) -> Iterator[Path]:
+    """Yield a staging folder beside `out`; move it to `out` only if the block succeeds.
+
+    The staging folder lives in the same parent so the final rename is atomic on one filesystem. It is
+    removed on any failure, Ctrl-C or SIGTERM; the lock keeps a second writer away (`lock=False` when
+    the caller already holds a lock covering `out`, as `run` does for its stage folders).
+    """
+    out = real_out(out)
+    check_out_dir(out, overwrite)
+    make_parent(out.parent)
+    with out_lock(out) if lock else contextlib.nullcontext(), terminate_as_exit():
+        remove_stale_staging(out)
+        tmp = make_staging(out)
+        try:
+            check_free_space(out.parent, need_bytes)
+            yield tmp
+            publish(tmp, out, overwrite)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
 
 
 def guarded(fn: Callable[P, R]) -> Callable[P, R]:
@@ -102,6 +292,12 @@ def guarded(fn: Callable[P, R]) -> Callable[P, R]:
             return fn(*args, **kwargs)
         except (CLIError, Droplet3DError, ReconError) as exc:
             fail(str(exc))
+            raise AssertionError("unreachable") from exc
+        except OSError as exc:  # a full or read-only disk, a vanished file: not a bug to trace
+            if os.environ.get(DEBUG_ENV):
+                raise
+            where = f" ({exc.filename})" if exc.filename else ""
+            fail(f"{exc.strerror or exc}{where}; set {DEBUG_ENV}=1 for the traceback")
             raise AssertionError("unreachable") from exc
 
     return wrapper
@@ -185,14 +381,27 @@ def generate(
 ) -> None:
     """Generate an 85-frame 360-degree orbit video from one image and a dense text description."""
     from droplet3d.generate import generate as run_generate
+    from droplet3d.generate import validate as validate_generate
     from droplet3d.generate import write_outputs
 
     config = generate_config(locals())
+    refuse_overlap(out, {"image": image, "checkpoint": ckpt, "prompt file": prompt_file})
+    validate_generate(config)
     check_out_dir(out, overwrite)
-    result = run_generate(config, warn=warn)
-    with staged_output(out, overwrite) as tmp:
+    with staged_output(out, overwrite, generate_output_bytes(config)) as tmp:
+        result = run_generate(config, warn=warn)
         write_outputs(result, tmp, fps=fps, progress=not quiet)
     typer.echo(f"wrote {len(result.frames)} frames to {out / 'frames'} and {out / 'orbit.mp4'}")
+
+
+# Upper bound of the bytes per frame pixel `generate` writes: a lossless PNG of noise is about the raw
+# RGB size (3 bytes), orbit.mp4 is far smaller; 4 leaves room for generation.json and aligned_input.png.
+OUTPUT_BYTES_PER_PIXEL = 4
+
+
+def generate_output_bytes(config: GenerateConfig) -> int:
+    """Disk space `generate` needs for its outputs, checked before the slow work starts."""
+    return MIN_FREE_BYTES + config.frames * config.height * config.width * OUTPUT_BYTES_PER_PIXEL
 
 
 def read_prompt(prompt: str | None, prompt_file: Path | None) -> str:
@@ -252,15 +461,25 @@ class RunState:
 
 
 def check_run_out(out: Path, overwrite: bool) -> None:
-    """A run folder may be resumed; any other non-empty folder needs --overwrite."""
+    """A run folder may be resumed; any other non-empty folder needs --overwrite.
+
+    A folder holding only our own leftovers (staging folders of a killed run) counts as a run folder.
+    Call with the lock on `out` held: the replacing happens here.
+    """
     if out.exists() and not out.is_dir():
         raise CLIError(f"--out {out} exists and is not a folder")
-    if out.is_dir() and any(out.iterdir()) and not (out / RUN_STATE).is_file():
+    if out.is_dir() and user_entries(out) and not (out / RUN_STATE).is_file():
         if not overwrite:
             raise CLIError(
                 f"--out {out} is not empty and holds no {RUN_STATE}; pass --overwrite to replace it"
             )
         shutil.rmtree(out)
+
+
+def remove_run_leftovers(out: Path) -> None:
+    """Staging folders a killed `run` left inside its folder (call with the run's lock held)."""
+    for leftover in out.glob(".*" + STAGING_INFIX + "*"):
+        shutil.rmtree(leftover, ignore_errors=True)
 
 
 # --------------------------------------------------------------------------- info
@@ -381,6 +600,7 @@ def poses(
     from recon import api
 
     options = orbit_options(elevation, radius, fov, start_azimuth, direction, full_turn)
+    refuse_overlap(out, {"input": input, "config file": config})
     with staged_output(out, overwrite) as tmp:
         summary = api.poses(input, tmp, options, config)
     typer.echo(f"wrote {summary['frames']} posed frames to {out / 'images'} and {out / 'transforms.json'}")
@@ -422,7 +642,7 @@ def reconstruct(
     options = orbit_options(elevation, radius, fov, start_azimuth, direction, full_turn)
     fit_options = {"iterations": iterations, "device": device, "sh_degree": sh_degree,
                    "resolution": resolution, "seed": seed}  # fmt: skip
-    check_out_dir(out, overwrite)
+    refuse_overlap(out, {"input": input, "config file": config})
     with staged_output(out, overwrite) as tmp:
         report = api.reconstruct(
             input, tmp, options, fit_options, preset, config, engine, progress=not quiet,
@@ -455,7 +675,6 @@ def demo(
     """Reconstruct the bundled example orbit (no weights needed): .glb, .ply and a preview in a minute."""
     from recon import api
 
-    check_out_dir(out, overwrite)
     with staged_output(out, overwrite) as tmp:
         report = api.demo(tmp, device, progress=not quiet, log=_logger(quiet))
     print_outputs(out, report)
@@ -522,9 +741,7 @@ def run(
     Re-running with the same --out resumes: a stage whose outputs exist and whose inputs and
     parameters are unchanged is skipped; a changed parameter redoes that stage and what follows.
     """
-    from droplet3d.generate import generate as run_generate
-    from droplet3d.generate import write_outputs
-    from recon import api
+    from droplet3d.generate import validate as validate_generate
 
     gen_config = generate_config(locals())
     orbit = orbit_options(elevation, radius, fov, start_azimuth, direction, full_turn)
@@ -534,26 +751,48 @@ def run(
         "sh_degree": sh_degree,
         "resolution": resolution,
     }
-    check_run_out(out, overwrite)
+    refuse_overlap(
+        out, {"image": image, "checkpoint": ckpt, "prompt file": prompt_file, "config file": config}
+    )
+    validate_generate(gen_config)
     if not image.is_file():
         raise CLIError(f"image {image} does not exist")
+    out = real_out(out)
+    make_parent(out.parent)
+    with out_lock(out), terminate_as_exit():
+        check_run_out(out, overwrite)
+        out.mkdir(exist_ok=True)
+        remove_run_leftovers(out)
+        report = run_stages(out, gen_config, orbit, fit_options, preset, config, quiet)
+    typer.echo(f"video: {out / 'video' / 'orbit.mp4'}")
+    print_outputs(out / "asset", report)
+
+
+def run_stages(
+    out: Path, gen_config: GenerateConfig, orbit: dict[str, object], fit_options: dict[str, object],
+    preset: str | None, config: Path | None, quiet: bool,
+) -> dict[str, object]:  # fmt: skip
+    """`run`'s two stages, each skipped when run.json says its inputs are unchanged (lock held)."""
+    from droplet3d.generate import generate as run_generate
+    from droplet3d.generate import write_outputs
+    from recon import api
+
     video_dir, asset_dir = out / "video", out / "asset"
     state = RunState.load(out)
-    log = (lambda m: None) if quiet else (lambda m: typer.echo(m, err=True))
-
+    log = _logger(quiet)
     gen_params = {k: v for k, v in vars(gen_config).items() if k != "progress"}
     gen_key = fingerprint(
         {
             "params": gen_params,
-            "image": hashlib.sha256(image.read_bytes()).hexdigest(),
-            "ckpt": ckpt.resolve(),
+            "image": hashlib.sha256(gen_config.image.read_bytes()).hexdigest(),
+            "ckpt": gen_config.ckpt.resolve(),
         }
     )
     if state.is_done("generate", gen_key, video_dir / "generation.json"):
         typer.echo(f"generate: up to date in {video_dir}, skipped")
     else:
-        result = run_generate(gen_config, warn=warn)
-        with staged_output(video_dir, overwrite=True) as tmp:
+        with staged_output(video_dir, True, generate_output_bytes(gen_config), lock=False) as tmp:
+            result = run_generate(gen_config, warn=warn)
             write_outputs(result, tmp, fps=gen_config.fps, progress=not quiet)
         state.mark("generate", gen_key)
 
@@ -564,15 +803,13 @@ def run(
     )  # fmt: skip
     if state.is_done("reconstruct", recon_key, asset_dir / "report.json"):
         typer.echo(f"reconstruct: up to date in {asset_dir}, skipped")
-        report = json.loads((asset_dir / "report.json").read_text())
-    else:
-        with staged_output(asset_dir, overwrite=True) as tmp:
-            report = api.reconstruct(
-                video_dir, tmp, orbit, fit_options, preset, config, progress=not quiet, log=log
-            )
-        state.mark("reconstruct", recon_key)
-    typer.echo(f"video: {video_dir / 'orbit.mp4'}")
-    print_outputs(asset_dir, report)
+        return json.loads((asset_dir / "report.json").read_text())
+    with staged_output(asset_dir, True, lock=False) as tmp:
+        report = api.reconstruct(
+            video_dir, tmp, orbit, fit_options, preset, config, progress=not quiet, log=log
+        )
+    state.mark("reconstruct", recon_key)
+    return report
 
 
 def main() -> None:
