@@ -13,23 +13,58 @@ import contextlib
 import functools
 import hashlib
 import json
+import math
 import os
 import shutil
 import signal
+import sys
 import tempfile
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from dataclasses import fields as dataclass_fields
 from pathlib import Path
-from typing import TYPE_CHECKING, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 import typer
+from typer.core import TyperGroup
 
 if TYPE_CHECKING:
     from droplet3d.generate import GenerateConfig
 
+# Typer vendors click privately; these are the public typer.BadParameter's base classes.
+USAGE_ERROR: type[Exception] = typer.BadParameter.__bases__[0]
+CLICK_EXCEPTION: type[Exception] = USAGE_ERROR.__bases__[0]
+
+
+class OneLineErrors(TyperGroup):
+    """Typer's group, but a bad option value is one `error:` line (exit 2), like every other error.
+
+    Typer draws click's usage errors in a multi-line box; scripts and people grepping logs get the same
+    single line as for the errors our commands raise.
+    """
+
+    def main(self, *args: Any, standalone_mode: bool = True, **kwargs: Any) -> Any:
+        if not standalone_mode:
+            return super().main(*args, standalone_mode=False, **kwargs)
+        try:
+            code = super().main(*args, standalone_mode=False, **kwargs)
+        except USAGE_ERROR as exc:
+            if type(exc).__name__ == "NoArgsIsHelpError":  # Typer's own test: it printed the help
+                sys.exit(exc.exit_code)
+            typer.secho(f"error: {exc.format_message()}", fg=typer.colors.RED, err=True)
+            sys.exit(exc.exit_code)
+        except CLICK_EXCEPTION as exc:
+            exc.show()
+            sys.exit(exc.exit_code)
+        except typer.Abort:
+            typer.echo("Aborted!", err=True)
+            sys.exit(1)
+        sys.exit(code if isinstance(code, int) else 0)
+
+
 app = typer.Typer(
+    cls=OneLineErrors,
     name="droplet3d",
     help="Image + dense text -> 360-degree orbit video (Droplet3D) -> Gaussian splats and meshes.",
     no_args_is_help=True,
@@ -303,42 +338,195 @@ def guarded(fn: Callable[P, R]) -> Callable[P, R]:
     return wrapper
 
 
-# --------------------------------------------------------------------------- generate
-# Options shared by `generate` and `run` (one definition, one help text).
-GENERATE_OPTIONS = {
-    "ckpt": typer.Option(..., help="The released Droplet3D-5B/ folder (read offline, as published)."),
-    "image": typer.Option(..., help="Input image: the object's first view (any size; resized)."),
+# --------------------------------------------------------------------------- options
+# Every option is defined here once (default, bounds, help, panel) and used by each command that takes
+# it, so `generate`, `poses`, `reconstruct` and `run` cannot drift apart. Bounds are the widest values a
+# stage can sensibly run with; anything beyond is a typo (`--steps 1e12`) that would otherwise surface
+# as a crash or an endless run much later.
+MAX_SEED = 2**32 - 1  # the range numpy's and torch's generators both accept
+MAX_STEPS = 1000  # DDIM cannot take more steps than the scheduler's 1000 training timesteps
+MAX_GENERATE_FRAMES = 257  # 3x the paper's 85; the VAE's memory grows with the frame count
+MAX_SIDE = 2048  # pixels, per side of a generated frame
+MAX_GUIDANCE = 50.0
+MAX_NOISE_AUG = 1.0  # a std on images in [-1, 1]: more is pure noise
+MIN_ALIGN_AREA = 64 * 64
+MAX_ALIGN_AREA = 4096 * 4096
+MAX_FPS = 240
+MAX_ITERATIONS = 1_000_000
+MIN_FIT_RESOLUTION = 16
+MAX_FIT_RESOLUTION = 4096
+MAX_SH_DEGREE = 3
+
+GENERATION_PANEL = "Generation"
+ORBIT_PANEL = "Orbit (poses)"
+FIT_PANEL = "Reconstruction"
+
+
+def finite(value: float | None) -> float | None:
+    """Option callback: nan and inf pass click's range checks (every comparison is False)."""
+    if value is not None and not math.isfinite(value):
+        raise typer.BadParameter(f"must be a finite number, got {value}")
+    return value
+
+
+OPTIONS: dict[str, Any] = {
+    # generation
+    "ckpt": typer.Option(
+        ..., help="The released Droplet3D-5B/ folder (read offline, as published).",
+        rich_help_panel=GENERATION_PANEL,
+    ),
+    "image": typer.Option(
+        ...,
+        help="Input image: the object's first view (any size; resized).",
+        rich_help_panel=GENERATION_PANEL,
+    ),
     "prompt": typer.Option(
         None,
         help="Dense description of the object and the 360-degree orbit (the quality suffix is appended).",
+        rich_help_panel=GENERATION_PANEL,
     ),
-    "prompt_file": typer.Option(None, help="Read the prompt from this UTF-8 text file instead."),
-    "frames": typer.Option(85, help="Frames in the orbit; must be 4k+1 (85 in the paper)."),
-    "height": typer.Option(512, help="Frame height in pixels, a multiple of 16."),
-    "width": typer.Option(512, help="Frame width in pixels, a multiple of 16."),
-    "steps": typer.Option(50, help="DDIM denoising steps."),
-    "guidance_scale": typer.Option(6.0, help="Classifier-free guidance scale."),
-    "seed": typer.Option(42, help="Seed of the initial noise and noise augmentation (runs are repeatable)."),
-    "device": typer.Option("auto", help="auto (CUDA if present), cuda or cpu."),
+    "prompt_file": typer.Option(
+        None, help="Read the prompt from this UTF-8 text file instead.", rich_help_panel=GENERATION_PANEL
+    ),
+    "frames": typer.Option(
+        85, max=MAX_GENERATE_FRAMES, help="Frames in the orbit; must be 4k+1 (85 in the paper).",
+        rich_help_panel=GENERATION_PANEL,
+    ),
+    "height": typer.Option(
+        512, min=16, max=MAX_SIDE, help="Frame height in pixels, a multiple of 16.",
+        rich_help_panel=GENERATION_PANEL,
+    ),
+    "width": typer.Option(
+        512, min=16, max=MAX_SIDE, help="Frame width in pixels, a multiple of 16.",
+        rich_help_panel=GENERATION_PANEL,
+    ),
+    "steps": typer.Option(
+        50, min=1, max=MAX_STEPS, help="DDIM denoising steps.", rich_help_panel=GENERATION_PANEL
+    ),
+    "guidance_scale": typer.Option(
+        6.0, min=0.0, max=MAX_GUIDANCE, callback=finite, help="Classifier-free guidance scale.",
+        rich_help_panel=GENERATION_PANEL,
+    ),
+    "seed": typer.Option(
+        42, min=0, max=MAX_SEED,
+        help="Seed of the initial noise and noise augmentation (runs are repeatable).",
+        rich_help_panel=GENERATION_PANEL,
+    ),
     "dtype": typer.Option(
-        "auto", help="auto (bfloat16 on CUDA, float32 on CPU), bfloat16, float16, float32."
+        "auto", help="auto (bfloat16 on CUDA, float32 on CPU), bfloat16, float16, float32.",
+        rich_help_panel=GENERATION_PANEL,
     ),
-    "noise_aug_strength": typer.Option(0.0563, help="Std of the noise added to the conditioning frame."),
+    "noise_aug_strength": typer.Option(
+        0.0563, min=0.0, max=MAX_NOISE_AUG, callback=finite,
+        help="Std of the noise added to the conditioning frame.", rich_help_panel=GENERATION_PANEL,
+    ),
     "view_align": typer.Option(
         False,
         help="First turn the image to the closest canonical view with FLUX.1-Kontext + the Droplet3D LoRA.",
+        rich_help_panel=GENERATION_PANEL,
     ),
-    "align_max_area": typer.Option(1024**2, help="Pixel area Kontext resizes its input to (view alignment)."),
+    "align_max_area": typer.Option(
+        1024**2, min=MIN_ALIGN_AREA, max=MAX_ALIGN_AREA,
+        help="Pixel area Kontext resizes its input to (view alignment).", rich_help_panel=GENERATION_PANEL,
+    ),
     "offload": typer.Option(
-        "none", help="Memory mode on CUDA: none (fastest), model (CPU offload per model), sequential (least)."
+        "none",
+        help="Memory mode on CUDA: none (fastest), model (CPU offload per model), sequential (least).",
+        rich_help_panel=GENERATION_PANEL,
     ),
     "negative_prompt": typer.Option(
-        "The video is low quality, blurry, distortion. ", help="Negative prompt for classifier-free guidance."
+        "The video is low quality, blurry, distortion. ",  # = pipeline.DEFAULT_NEGATIVE_PROMPT
+        help="Negative prompt for classifier-free guidance.",
+        rich_help_panel=GENERATION_PANEL,
     ),
-    "fps": typer.Option(8, help="Frame rate of orbit.mp4."),
-    "vae_tiling": typer.Option(False, help="Decode in spatial tiles (less memory, tiny seams)."),
-    "quiet": typer.Option(False, help="No progress bars."),
-}
+    "fps": typer.Option(
+        8, min=1, max=MAX_FPS, help="Frame rate of orbit.mp4.", rich_help_panel=GENERATION_PANEL
+    ),
+    "vae_tiling": typer.Option(
+        False, help="Decode in spatial tiles (less memory, tiny seams).", rich_help_panel=GENERATION_PANEL
+    ),
+    # orbit
+    "elevation": typer.Option(
+        None, callback=finite, rich_help_panel=ORBIT_PANEL,
+        help="Camera elevation in degrees above the object (positive = looking down), |value| < 90 "
+        "(preset: 15).",
+    ),
+    "radius": typer.Option(
+        None, callback=finite, rich_help_panel=ORBIT_PANEL,
+        help="Camera distance from the object's centre, > 0 (world units; the object is ~1 unit across; "
+        "preset: 2.0).",
+    ),
+    "fov": typer.Option(
+        None, callback=finite, rich_help_panel=ORBIT_PANEL,
+        help="Full vertical field of view in degrees, in (0, 180) (preset: 45).",
+    ),
+    "start_azimuth": typer.Option(
+        None, callback=finite, rich_help_panel=ORBIT_PANEL,
+        help="Azimuth of frame 0 in degrees, measured from +X toward +Y (world +Z up; preset: 0).",
+    ),
+    "direction": typer.Option(
+        None, rich_help_panel=ORBIT_PANEL,
+        help="Orbit direction seen from above: ccw (counter-clockwise) or cw (preset: ccw).",
+    ),
+    "full_turn": typer.Option(
+        None, "--full-turn/--no-full-turn", show_default=False, rich_help_panel=ORBIT_PANEL,
+        help="The last frame repeats the first view (step 360/(N-1)); default: it does not (360/N).",
+    ),
+    "config": typer.Option(
+        None, rich_help_panel=ORBIT_PANEL,
+        help="JSON config file with 'orbit', 'fit', 'mesh' and 'preset' keys (see configs/); "
+        "command-line options override it.",
+    ),
+    # reconstruction
+    "preset": typer.Option(
+        None, help="fast or quality (default: quality on CUDA, fast on CPU).", rich_help_panel=FIT_PANEL
+    ),
+    "iterations": typer.Option(
+        None, min=1, max=MAX_ITERATIONS, help="Training steps (fast: 600, quality: 7000).",
+        rich_help_panel=FIT_PANEL,
+    ),
+    "sh_degree": typer.Option(
+        None, min=0, max=MAX_SH_DEGREE, help="Spherical-harmonics degree 0-3 (fast: 1, quality: 3).",
+        rich_help_panel=FIT_PANEL,
+    ),
+    "resolution": typer.Option(
+        None, min=MIN_FIT_RESOLUTION, max=MAX_FIT_RESOLUTION, rich_help_panel=FIT_PANEL,
+        help="Longest image side used for fitting; frames are downscaled (fast: 128, quality: 512).",
+    ),
+    "fit_seed": typer.Option(
+        None, "--seed", min=0, max=MAX_SEED, rich_help_panel=FIT_PANEL,
+        help="Random seed of the initialisation and view order (default 0).",
+    ),
+    "engine": typer.Option(
+        "gsplat", rich_help_panel=FIT_PANEL,
+        help="gsplat (built in) or splatfacto (nerfstudio's ns-train; needs the nerfstudio extra; its "
+        "re-centring, re-orientation and auto-scaling are turned off so its splats stay in our frame).",
+    ),
+    # every command
+    "device": typer.Option("auto", help="auto (CUDA if present), cuda or cpu (or cuda:N)."),
+    "overwrite": typer.Option(False, help="Replace a non-empty --out folder."),
+    "quiet": typer.Option(False, help="No progress output."),
+}  # fmt: skip
+# `run` has two seeds: --seed is generation's (as in `generate`), this one the reconstruction's.
+OPTIONS["run_fit_seed"] = typer.Option(
+    None, "--fit-seed", min=0, max=MAX_SEED, rich_help_panel=FIT_PANEL,
+    help="Random seed of the reconstruction's initialisation and view order (default 0).",
+)  # fmt: skip
+INPUT_HELP = "Orbit video file, folder of frames, or a `generate` output folder."
+ORBIT_NAMES = ("elevation", "radius", "fov", "start_azimuth", "direction", "full_turn")
+
+
+def orbit_options(params: dict[str, Any]) -> dict[str, object]:
+    """The orbit options of a command's parameters (None = take the preset / generation.json / config)."""
+    return {name: params[name] for name in ORBIT_NAMES}
+
+
+def fit_options(params: dict[str, Any], seed_name: str = "seed") -> dict[str, object]:
+    """The fitting options of a command's parameters (None = take the preset / config value)."""
+    return {
+        "iterations": params["iterations"], "device": params["device"], "sh_degree": params["sh_degree"],
+        "resolution": params["resolution"], "seed": params[seed_name],
+    }  # fmt: skip
 
 
 def generate_config(params: dict[str, object]) -> GenerateConfig:
@@ -353,31 +541,32 @@ def generate_config(params: dict[str, object]) -> GenerateConfig:
     )
 
 
+# --------------------------------------------------------------------------- generate
 @app.command(no_args_is_help=True)
 @guarded
 def generate(
-    ckpt: Path = GENERATE_OPTIONS["ckpt"],
-    image: Path = GENERATE_OPTIONS["image"],
+    ckpt: Path = OPTIONS["ckpt"],
+    image: Path = OPTIONS["image"],
     out: Path = typer.Option(..., help="Output folder: frames/, orbit.mp4, generation.json."),
-    prompt: str | None = GENERATE_OPTIONS["prompt"],
-    prompt_file: Path | None = GENERATE_OPTIONS["prompt_file"],
-    frames: int = GENERATE_OPTIONS["frames"],
-    height: int = GENERATE_OPTIONS["height"],
-    width: int = GENERATE_OPTIONS["width"],
-    steps: int = GENERATE_OPTIONS["steps"],
-    guidance_scale: float = GENERATE_OPTIONS["guidance_scale"],
-    seed: int = GENERATE_OPTIONS["seed"],
-    device: str = GENERATE_OPTIONS["device"],
-    dtype: str = GENERATE_OPTIONS["dtype"],
-    noise_aug_strength: float = GENERATE_OPTIONS["noise_aug_strength"],
-    view_align: bool = GENERATE_OPTIONS["view_align"],
-    align_max_area: int = GENERATE_OPTIONS["align_max_area"],
-    offload: str = GENERATE_OPTIONS["offload"],
-    negative_prompt: str = GENERATE_OPTIONS["negative_prompt"],
-    fps: int = GENERATE_OPTIONS["fps"],
-    vae_tiling: bool = GENERATE_OPTIONS["vae_tiling"],
-    overwrite: bool = typer.Option(False, help="Replace a non-empty --out folder."),
-    quiet: bool = GENERATE_OPTIONS["quiet"],
+    prompt: str | None = OPTIONS["prompt"],
+    prompt_file: Path | None = OPTIONS["prompt_file"],
+    frames: int = OPTIONS["frames"],
+    height: int = OPTIONS["height"],
+    width: int = OPTIONS["width"],
+    steps: int = OPTIONS["steps"],
+    guidance_scale: float = OPTIONS["guidance_scale"],
+    seed: int = OPTIONS["seed"],
+    device: str = OPTIONS["device"],
+    dtype: str = OPTIONS["dtype"],
+    noise_aug_strength: float = OPTIONS["noise_aug_strength"],
+    view_align: bool = OPTIONS["view_align"],
+    align_max_area: int = OPTIONS["align_max_area"],
+    offload: str = OPTIONS["offload"],
+    negative_prompt: str = OPTIONS["negative_prompt"],
+    fps: int = OPTIONS["fps"],
+    vae_tiling: bool = OPTIONS["vae_tiling"],
+    overwrite: bool = OPTIONS["overwrite"],
+    quiet: bool = OPTIONS["quiet"],
 ) -> None:
     """Generate an 85-frame 360-degree orbit video from one image and a dense text description."""
     from droplet3d.generate import generate as run_generate
@@ -450,11 +639,16 @@ class RunState:
             stages = {}  # a damaged state file only costs a redo
         return cls(path, stages if isinstance(stages, dict) else {})
 
-    def is_done(self, stage: str, key: str, marker: Path) -> bool:
-        return self.stages.get(stage) == key and marker.is_file()
-
     def mark(self, stage: str, key: str) -> None:
         self.stages[stage] = key
+        self._save()
+
+    def forget(self, stage: str) -> None:
+        """Drop a stage before redoing it: a run killed mid-stage must not look finished."""
+        if self.stages.pop(stage, None) is not None:
+            self._save()
+
+    def _save(self) -> None:
         tmp = self.path.with_suffix(".tmp")
         tmp.write_text(json.dumps({"stages": self.stages}, indent=2))
         tmp.replace(self.path)
@@ -556,50 +750,24 @@ def info(
 
 
 # --------------------------------------------------------------------------- poses / reconstruct / demo
-INPUT_HELP = "Orbit video file, folder of frames, or a `generate` output folder."
-ORBIT_HELP = {
-    "elevation": "Camera elevation in degrees above the object (positive = looking down), |value| < 90.",
-    "radius": "Camera distance from the object's centre, > 0 (world units; the object is ~1 unit across).",
-    "fov": "Full vertical field of view in degrees, in (0, 180).",
-    "start_azimuth": "Azimuth of frame 0 in degrees, measured from +X toward +Y (world +Z up).",
-    "direction": "Orbit direction seen from above: ccw (counter-clockwise) or cw.",
-    "full_turn": "The last frame repeats the first view (step 360/(N-1)); default: it does not (360/N).",
-    "config": "JSON config file with 'orbit', 'fit', 'mesh' and 'preset' keys (see configs/); "
-    "command-line options override it.",
-}
-
-
-def orbit_options(
-    elevation: float | None, radius: float | None, fov: float | None, start_azimuth: float | None,
-    direction: str | None, full_turn: bool | None,
-) -> dict[str, object]:  # fmt: skip
-    """The orbit options actually given (None = take the preset / generation.json / config value)."""
-    return {
-        "elevation": elevation, "radius": radius, "fov": fov, "start_azimuth": start_azimuth,
-        "direction": direction, "full_turn": full_turn,
-    }  # fmt: skip
-
-
 @app.command(no_args_is_help=True)
 @guarded
 def poses(
     input: Path = typer.Argument(..., help=INPUT_HELP),
     out: Path = typer.Option(..., help="Output folder: images/ and a nerfstudio transforms.json."),
-    elevation: float | None = typer.Option(None, help=ORBIT_HELP["elevation"] + " (preset: 15)"),
-    radius: float | None = typer.Option(None, help=ORBIT_HELP["radius"] + " (preset: 2.0)"),
-    fov: float | None = typer.Option(None, help=ORBIT_HELP["fov"] + " (preset: 45)"),
-    start_azimuth: float | None = typer.Option(None, help=ORBIT_HELP["start_azimuth"] + " (preset: 0)"),
-    direction: str | None = typer.Option(None, help=ORBIT_HELP["direction"] + " (preset: ccw)"),
-    full_turn: bool | None = typer.Option(
-        None, "--full-turn/--no-full-turn", help=ORBIT_HELP["full_turn"], show_default=False
-    ),
-    config: Path | None = typer.Option(None, help=ORBIT_HELP["config"]),
-    overwrite: bool = typer.Option(False, help="Replace a non-empty --out folder."),
+    elevation: float | None = OPTIONS["elevation"],
+    radius: float | None = OPTIONS["radius"],
+    fov: float | None = OPTIONS["fov"],
+    start_azimuth: float | None = OPTIONS["start_azimuth"],
+    direction: str | None = OPTIONS["direction"],
+    full_turn: bool | None = OPTIONS["full_turn"],
+    config: Path | None = OPTIONS["config"],
+    overwrite: bool = OPTIONS["overwrite"],
 ) -> None:
     """Known circular poses for an orbit: images/ + transforms.json (nerfstudio, OpenGL camera-to-world)."""
     from recon import api
 
-    options = orbit_options(elevation, radius, fov, start_azimuth, direction, full_turn)
+    options = orbit_options(locals())
     refuse_overlap(out, {"input": input, "config file": config})
     with staged_output(out, overwrite) as tmp:
         summary = api.poses(input, tmp, options, config)
@@ -613,40 +781,32 @@ def reconstruct(
     out: Path = typer.Option(
         ..., help="Output folder: splats.ply, mesh.glb/.ply/.obj, preview.mp4, report.json, transforms.json."
     ),
-    elevation: float | None = typer.Option(None, help=ORBIT_HELP["elevation"] + " (preset: 15)"),
-    radius: float | None = typer.Option(None, help=ORBIT_HELP["radius"] + " (preset: 2.0)"),
-    fov: float | None = typer.Option(None, help=ORBIT_HELP["fov"] + " (preset: 45)"),
-    start_azimuth: float | None = typer.Option(None, help=ORBIT_HELP["start_azimuth"] + " (preset: 0)"),
-    direction: str | None = typer.Option(None, help=ORBIT_HELP["direction"] + " (preset: ccw)"),
-    full_turn: bool | None = typer.Option(
-        None, "--full-turn/--no-full-turn", help=ORBIT_HELP["full_turn"], show_default=False
-    ),
-    preset: str | None = typer.Option(None, help="fast or quality (default: quality on CUDA, fast on CPU)."),
-    iterations: int | None = typer.Option(None, help="Training steps (fast: 600, quality: 7000)."),
-    device: str = typer.Option("auto", help="auto (CUDA if present), cuda or cpu."),
-    sh_degree: int | None = typer.Option(None, help="Spherical-harmonics degree 0-3 (fast: 1, quality: 3)."),
-    resolution: int | None = typer.Option(
-        None, help="Longest image side used for fitting; frames are downscaled (fast: 128, quality: 512)."
-    ),
-    seed: int | None = typer.Option(None, help="Random seed of the initialisation and view order (0)."),
-    engine: str = typer.Option(
-        "gsplat", help="gsplat (built in) or splatfacto (nerfstudio's ns-train; needs the nerfstudio extra)."
-    ),
-    config: Path | None = typer.Option(None, help=ORBIT_HELP["config"]),
-    overwrite: bool = typer.Option(False, help="Replace a non-empty --out folder."),
-    quiet: bool = typer.Option(False, help="No progress bars."),
+    elevation: float | None = OPTIONS["elevation"],
+    radius: float | None = OPTIONS["radius"],
+    fov: float | None = OPTIONS["fov"],
+    start_azimuth: float | None = OPTIONS["start_azimuth"],
+    direction: str | None = OPTIONS["direction"],
+    full_turn: bool | None = OPTIONS["full_turn"],
+    config: Path | None = OPTIONS["config"],
+    preset: str | None = OPTIONS["preset"],
+    iterations: int | None = OPTIONS["iterations"],
+    sh_degree: int | None = OPTIONS["sh_degree"],
+    resolution: int | None = OPTIONS["resolution"],
+    seed: int | None = OPTIONS["fit_seed"],
+    engine: str = OPTIONS["engine"],
+    device: str = OPTIONS["device"],
+    overwrite: bool = OPTIONS["overwrite"],
+    quiet: bool = OPTIONS["quiet"],
 ) -> None:
     """Fit Gaussian splats to an orbit with known poses and export splats, meshes and a turntable preview."""
     from recon import api
 
-    options = orbit_options(elevation, radius, fov, start_azimuth, direction, full_turn)
-    fit_options = {"iterations": iterations, "device": device, "sh_degree": sh_degree,
-                   "resolution": resolution, "seed": seed}  # fmt: skip
+    params = locals()
     refuse_overlap(out, {"input": input, "config file": config})
     with staged_output(out, overwrite) as tmp:
         report = api.reconstruct(
-            input, tmp, options, fit_options, preset, config, engine, progress=not quiet,
-            log=_logger(quiet),
+            input, tmp, orbit_options(params), fit_options(params), preset, config, engine,
+            progress=not quiet, log=_logger(quiet),
         )  # fmt: skip
     print_outputs(out, report)
 
@@ -684,57 +844,41 @@ def demo(
 @app.command(no_args_is_help=True)
 @guarded
 def run(
-    ckpt: Path = GENERATE_OPTIONS["ckpt"],
-    image: Path = GENERATE_OPTIONS["image"],
+    ckpt: Path = OPTIONS["ckpt"],
+    image: Path = OPTIONS["image"],
     out: Path = typer.Option(..., help="Run folder: video/ (generate), asset/ (reconstruct) and run.json."),
-    prompt: str | None = GENERATE_OPTIONS["prompt"],
-    prompt_file: Path | None = GENERATE_OPTIONS["prompt_file"],
-    frames: int = GENERATE_OPTIONS["frames"],
-    height: int = GENERATE_OPTIONS["height"],
-    width: int = GENERATE_OPTIONS["width"],
-    steps: int = GENERATE_OPTIONS["steps"],
-    guidance_scale: float = GENERATE_OPTIONS["guidance_scale"],
-    seed: int = GENERATE_OPTIONS["seed"],
-    dtype: str = GENERATE_OPTIONS["dtype"],
-    noise_aug_strength: float = GENERATE_OPTIONS["noise_aug_strength"],
-    view_align: bool = GENERATE_OPTIONS["view_align"],
-    align_max_area: int = GENERATE_OPTIONS["align_max_area"],
-    offload: str = GENERATE_OPTIONS["offload"],
-    negative_prompt: str = GENERATE_OPTIONS["negative_prompt"],
-    fps: int = GENERATE_OPTIONS["fps"],
-    vae_tiling: bool = GENERATE_OPTIONS["vae_tiling"],
-    elevation: float | None = typer.Option(
-        None, help=ORBIT_HELP["elevation"], rich_help_panel="Reconstruction"
-    ),
-    radius: float | None = typer.Option(None, help=ORBIT_HELP["radius"], rich_help_panel="Reconstruction"),
-    fov: float | None = typer.Option(None, help=ORBIT_HELP["fov"], rich_help_panel="Reconstruction"),
-    start_azimuth: float | None = typer.Option(
-        None, help=ORBIT_HELP["start_azimuth"], rich_help_panel="Reconstruction"
-    ),
-    direction: str | None = typer.Option(
-        None, help=ORBIT_HELP["direction"], rich_help_panel="Reconstruction"
-    ),
-    full_turn: bool | None = typer.Option(
-        None, "--full-turn/--no-full-turn", help=ORBIT_HELP["full_turn"], rich_help_panel="Reconstruction"
-    ),
-    preset: str | None = typer.Option(
-        None,
-        help="fast or quality (default: quality on CUDA, fast on CPU).",
-        rich_help_panel="Reconstruction",
-    ),
-    iterations: int | None = typer.Option(
-        None, help="Training steps (default: the preset's).", rich_help_panel="Reconstruction"
-    ),
-    sh_degree: int | None = typer.Option(
-        None, help="Spherical-harmonics degree 0-3.", rich_help_panel="Reconstruction"
-    ),
-    resolution: int | None = typer.Option(
-        None, help="Longest image side used for fitting.", rich_help_panel="Reconstruction"
-    ),
-    config: Path | None = typer.Option(None, help=ORBIT_HELP["config"], rich_help_panel="Reconstruction"),
-    device: str = typer.Option("auto", help="auto (CUDA if present), cuda or cpu, for both stages."),
+    prompt: str | None = OPTIONS["prompt"],
+    prompt_file: Path | None = OPTIONS["prompt_file"],
+    frames: int = OPTIONS["frames"],
+    height: int = OPTIONS["height"],
+    width: int = OPTIONS["width"],
+    steps: int = OPTIONS["steps"],
+    guidance_scale: float = OPTIONS["guidance_scale"],
+    seed: int = OPTIONS["seed"],
+    dtype: str = OPTIONS["dtype"],
+    noise_aug_strength: float = OPTIONS["noise_aug_strength"],
+    view_align: bool = OPTIONS["view_align"],
+    align_max_area: int = OPTIONS["align_max_area"],
+    offload: str = OPTIONS["offload"],
+    negative_prompt: str = OPTIONS["negative_prompt"],
+    fps: int = OPTIONS["fps"],
+    vae_tiling: bool = OPTIONS["vae_tiling"],
+    elevation: float | None = OPTIONS["elevation"],
+    radius: float | None = OPTIONS["radius"],
+    fov: float | None = OPTIONS["fov"],
+    start_azimuth: float | None = OPTIONS["start_azimuth"],
+    direction: str | None = OPTIONS["direction"],
+    full_turn: bool | None = OPTIONS["full_turn"],
+    config: Path | None = OPTIONS["config"],
+    preset: str | None = OPTIONS["preset"],
+    iterations: int | None = OPTIONS["iterations"],
+    sh_degree: int | None = OPTIONS["sh_degree"],
+    resolution: int | None = OPTIONS["resolution"],
+    fit_seed: int | None = OPTIONS["run_fit_seed"],
+    engine: str = OPTIONS["engine"],
+    device: str = OPTIONS["device"],
     overwrite: bool = typer.Option(False, help="Replace a non-empty --out that is not a run folder."),
-    quiet: bool = GENERATE_OPTIONS["quiet"],
+    quiet: bool = OPTIONS["quiet"],
 ) -> None:
     """Image + text -> orbit video -> splats and meshes, in one command.
 
@@ -743,14 +887,11 @@ def run(
     """
     from droplet3d.generate import validate as validate_generate
 
-    gen_config = generate_config(locals())
-    orbit = orbit_options(elevation, radius, fov, start_azimuth, direction, full_turn)
-    fit_options = {
-        "iterations": iterations,
-        "device": device,
-        "sh_degree": sh_degree,
-        "resolution": resolution,
-    }
+    params = locals()
+    gen_config = generate_config(params)
+    stages = RunStages(
+        gen_config, orbit_options(params), fit_options(params, "fit_seed"), preset, config, engine
+    )
     refuse_overlap(
         out, {"image": image, "checkpoint": ckpt, "prompt file": prompt_file, "config file": config}
     )
@@ -763,16 +904,150 @@ def run(
         check_run_out(out, overwrite)
         out.mkdir(exist_ok=True)
         remove_run_leftovers(out)
-        report = run_stages(out, gen_config, orbit, fit_options, preset, config, quiet)
+        report = run_stages(out, stages, quiet)
     typer.echo(f"video: {out / 'video' / 'orbit.mp4'}")
     print_outputs(out / "asset", report)
 
 
-def run_stages(
-    out: Path, gen_config: GenerateConfig, orbit: dict[str, object], fit_options: dict[str, object],
-    preset: str | None, config: Path | None, quiet: bool,
-) -> dict[str, object]:  # fmt: skip
-    """`run`'s two stages, each skipped when run.json says its inputs are unchanged (lock held)."""
+# Generation settings that change no pixel of the frames. They stay out of the fingerprint, so changing
+# one does not redo a 5B-parameter generation: --fps only re-muxes orbit.mp4, the others are memory modes.
+NON_OUTPUT_GENERATE_SETTINGS = frozenset({"progress", "fps", "offload", "vae_tiling"})
+ASSET_FILES = (
+    "report.json",
+    "transforms.json",
+    "splats.ply",
+    "mesh.glb",
+    "mesh.ply",
+    "mesh.obj",
+    "preview.mp4",
+)
+SPLATFACTO_ASSET_FILES = ("report.json", "transforms.json")
+GLB_MAGIC = b"glTF"
+GLB_HEADER_BYTES = 12
+
+
+@dataclass
+class RunStages:
+    """What `run` does, and the fingerprint of each stage: only the settings that change its outputs."""
+
+    generate: GenerateConfig
+    orbit: dict[str, object]
+    fit: dict[str, object]
+    preset: str | None
+    config: Path | None
+    engine: str
+
+    def generate_key(self) -> str:
+        params = {k: v for k, v in vars(self.generate).items() if k not in NON_OUTPUT_GENERATE_SETTINGS}
+        params["image"] = hashlib.sha256(Path(self.generate.image).read_bytes()).hexdigest()
+        params["ckpt"] = str(Path(self.generate.ckpt).resolve())
+        return fingerprint(params)
+
+    def reconstruct_key(self, video_dir: Path) -> str:
+        config_text = self.config.read_text() if self.config is not None and self.config.is_file() else None
+        return fingerprint(
+            {"orbit": self.orbit, "fit": self.fit, "preset": self.preset, "config": config_text,
+             "engine": self.engine, "video": folder_digest(video_dir / "frames")}
+        )  # fmt: skip
+
+
+def file_problem(path: Path) -> str | None:
+    """Why `path` is not a usable output (missing, empty, or does not parse), or None if it is."""
+    if not path.is_file() or path.stat().st_size == 0:
+        return f"{path.name} is missing or empty"
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".json":
+            if not isinstance(json.loads(path.read_text()), dict):
+                return f"{path.name} is not a JSON object"
+        elif suffix == ".ply":
+            with path.open("rb") as handle:
+                header = handle.read(4096)
+            if not header.startswith(b"ply") or b"end_header" not in header:
+                return f"{path.name} is not a PLY file"
+        elif suffix == ".glb":
+            header = path.read_bytes()[:GLB_HEADER_BYTES]
+            declared = int.from_bytes(header[8:12], "little") if len(header) == GLB_HEADER_BYTES else -1
+            if not header.startswith(GLB_MAGIC) or declared != path.stat().st_size:
+                return f"{path.name} is not a complete glTF binary"
+        elif suffix == ".obj":
+            if not any(line.startswith("v ") for line in path.read_text(errors="replace").splitlines()):
+                return f"{path.name} holds no vertices"
+        elif suffix == ".png":
+            from PIL import Image
+
+            with Image.open(path) as image:
+                image.load()
+        elif suffix == ".mp4":
+            import imageio.v3 as iio
+
+            iio.improps(path)
+    except Exception as exc:  # any decoder error means: redo the stage
+        return f"{path.name} does not parse ({type(exc).__name__})"
+    return None
+
+
+def generate_outputs_problem(video_dir: Path, config: GenerateConfig) -> str | None:
+    """Why a finished generate stage's outputs cannot be trusted, or None."""
+    names = ["generation.json", "orbit.mp4"] + (["aligned_input.png"] if config.view_align else [])
+    for name in names:
+        problem = file_problem(video_dir / name)
+        if problem:
+            return problem
+    record = json.loads((video_dir / "generation.json").read_text())
+    frames = sorted((video_dir / "frames").glob("*.png")) if (video_dir / "frames").is_dir() else []
+    if record.get("frames") != config.frames or len(frames) != config.frames:
+        return f"{len(frames)} of {config.frames} frames in frames/"
+    for frame in frames:
+        problem = file_problem(frame)
+        if problem:
+            return problem
+    return None
+
+
+def asset_outputs_problem(asset_dir: Path, engine: str) -> str | None:
+    """Why a finished reconstruct stage's outputs cannot be trusted, or None."""
+    for name in SPLATFACTO_ASSET_FILES if engine == "splatfacto" else ASSET_FILES:
+        problem = file_problem(asset_dir / name)
+        if problem:
+            return problem
+    transforms = json.loads((asset_dir / "transforms.json").read_text())
+    for frame in transforms.get("frames", []):
+        problem = file_problem(asset_dir / str(frame.get("file_path", "")))
+        if problem:
+            return problem
+    return None
+
+
+def remux_orbit(video_dir: Path, fps: int) -> None:
+    """Rewrite orbit.mp4 from frames/ at another frame rate (the frames themselves are unchanged)."""
+    import imageio.v3 as iio
+
+    from droplet3d.generate import write_orbit_video
+
+    frames = [iio.imread(p) for p in sorted((video_dir / "frames").glob("*.png"))]
+    tmp = video_dir / f".orbit{STAGING_INFIX}{os.getpid()}.mp4"
+    try:
+        write_orbit_video(frames, tmp, fps)
+        tmp.replace(video_dir / "orbit.mp4")
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def orbit_fps(video: Path) -> float | None:
+    import imageio.v3 as iio
+
+    try:
+        return float(iio.immeta(video)["fps"])
+    except Exception:  # unknown frame rate: re-mux to be sure
+        return None
+
+
+def run_stages(out: Path, stages: RunStages, quiet: bool) -> dict[str, object]:
+    """`run`'s two stages, each skipped only when its fingerprint matches and its outputs parse.
+
+    Call with the run's lock held.
+    """
     from droplet3d.generate import generate as run_generate
     from droplet3d.generate import write_outputs
     from recon import api
@@ -780,34 +1055,40 @@ def run_stages(
     video_dir, asset_dir = out / "video", out / "asset"
     state = RunState.load(out)
     log = _logger(quiet)
-    gen_params = {k: v for k, v in vars(gen_config).items() if k != "progress"}
-    gen_key = fingerprint(
-        {
-            "params": gen_params,
-            "image": hashlib.sha256(gen_config.image.read_bytes()).hexdigest(),
-            "ckpt": gen_config.ckpt.resolve(),
-        }
+    gen = stages.generate
+    gen_key = stages.generate_key()
+    problem = (
+        generate_outputs_problem(video_dir, gen) if state.stages.get("generate") == gen_key else "changed"
     )
-    if state.is_done("generate", gen_key, video_dir / "generation.json"):
+    if problem is None:
         typer.echo(f"generate: up to date in {video_dir}, skipped")
+        if orbit_fps(video_dir / "orbit.mp4") != gen.fps:
+            remux_orbit(video_dir, gen.fps)
     else:
-        with staged_output(video_dir, True, generate_output_bytes(gen_config), lock=False) as tmp:
-            result = run_generate(gen_config, warn=warn)
-            write_outputs(result, tmp, fps=gen_config.fps, progress=not quiet)
+        if problem != "changed":
+            log(f"generate: {problem}; generating again")
+        state.forget("generate")
+        with staged_output(video_dir, True, generate_output_bytes(gen), lock=False) as tmp:
+            result = run_generate(gen, warn=warn)
+            write_outputs(result, tmp, fps=gen.fps, progress=not quiet)
         state.mark("generate", gen_key)
 
-    config_text = config.read_text() if config is not None and config.is_file() else None
-    recon_key = fingerprint(
-        {"orbit": orbit, "fit": fit_options, "preset": preset, "config": config_text,
-         "video": folder_digest(video_dir / "frames")}
+    recon_key = stages.reconstruct_key(video_dir)
+    problem = (
+        asset_outputs_problem(asset_dir, stages.engine) if state.stages.get("reconstruct") == recon_key
+        else "changed"
     )  # fmt: skip
-    if state.is_done("reconstruct", recon_key, asset_dir / "report.json"):
+    if problem is None:
         typer.echo(f"reconstruct: up to date in {asset_dir}, skipped")
         return json.loads((asset_dir / "report.json").read_text())
+    if problem != "changed":
+        log(f"reconstruct: {problem}; reconstructing again")
+    state.forget("reconstruct")
     with staged_output(asset_dir, True, lock=False) as tmp:
         report = api.reconstruct(
-            video_dir, tmp, orbit, fit_options, preset, config, progress=not quiet, log=log
-        )
+            video_dir, tmp, stages.orbit, stages.fit, stages.preset, stages.config, stages.engine,
+            progress=not quiet, log=log,
+        )  # fmt: skip
     state.mark("reconstruct", recon_key)
     return report
 
