@@ -828,9 +828,9 @@ def print_outputs(out: Path, report: dict[str, object]) -> None:
 @guarded
 def demo(
     out: Path = typer.Option(Path("droplet3d-demo"), help="Output folder for the demo's files."),
-    device: str = typer.Option("auto", help="auto (CUDA if present), cuda or cpu."),
-    overwrite: bool = typer.Option(False, help="Replace a non-empty --out folder."),
-    quiet: bool = typer.Option(False, help="No progress bars."),
+    device: str = OPTIONS["device"],
+    overwrite: bool = OPTIONS["overwrite"],
+    quiet: bool = OPTIONS["quiet"],
 ) -> None:
     """Reconstruct the bundled example orbit (no weights needed): .glb, .ply and a preview in a minute."""
     from recon import api

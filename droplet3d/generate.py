@@ -12,6 +12,7 @@ import hashlib
 import json
 import math
 import platform
+import re
 import time
 import warnings
 from collections.abc import Callable, Iterator
@@ -130,13 +131,31 @@ def validate(config: GenerateConfig) -> None:
 
 
 def resolve_device(device: str) -> torch.device:
-    if device == "auto":
+    """The torch device for a --device value.
+
+    Kept identical to `recon.raster.resolve_device`; one parametrised test runs both. (recon must not
+    import droplet3d, and a shared top-level module would be a third install unit for a few lines.)
+
+    "auto" is CUDA when present, else CPU; "cpu"; "cuda" or "cuda:N" only when that GPU exists.
+    Anything else, or a GPU that is not there, is a user error naming what to pass instead.
+    """
+    name = (device or "auto").strip().lower()
+    if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise Droplet3DError("--device cuda was asked for but CUDA is not available; use --device cpu")
-    if device not in ("cuda", "cpu"):
-        raise Droplet3DError(f"--device must be auto, cuda or cpu, got {device}")
-    return torch.device(device)
+    if name == "cpu":
+        return torch.device("cpu")
+    match = re.fullmatch(r"cuda(?::(\d+))?", name)
+    if match is None:
+        raise Droplet3DError(f"unknown device {device!r}; use auto, cpu, cuda or cuda:N")
+    if not torch.cuda.is_available():
+        raise Droplet3DError(f"--device {device} but CUDA is not available here; use --device cpu (or auto)")
+    index = int(match.group(1) or 0)
+    count = torch.cuda.device_count()
+    if index >= count:
+        raise Droplet3DError(
+            f"--device {device} but this machine has {count} CUDA device(s); use cuda:0 to cuda:{count - 1}"
+        )
+    return torch.device(name)
 
 
 def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
@@ -223,7 +242,7 @@ def load_pipeline(
     elif device.type == "cuda" and offload == "sequential":
         pipe.enable_sequential_cpu_offload(device=device)
     else:
-        pipe.execution_device = device
+        pipe.to(device)  # diffusers' public placement; its execution device is then `device`
     return pipe
 
 
@@ -288,7 +307,7 @@ def generate(config: GenerateConfig, warn: Callable[[str], None] = print) -> Gen
                 torch.cuda.empty_cache()
 
         video, mask = image_to_video(image, config.frames, config.height, config.width)
-        generator = torch.Generator(device=pipe.execution_device).manual_seed(config.seed)
+        generator = torch.Generator(device=device).manual_seed(config.seed)  # where the latents live
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
         with timer("denoise"):

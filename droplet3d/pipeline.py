@@ -69,25 +69,8 @@ class Droplet3DPipeline(DiffusionPipeline):
             transformer=transformer,
             scheduler=scheduler,
         )
-        self._explicit_device: torch.device | None = None
         self.vae_scale_spatial = 2 ** (len(vae.config.block_out_channels) - 1)
         self.vae_scale_temporal = vae.config.temporal_compression_ratio
-
-    @property
-    def execution_device(self) -> torch.device:
-        """Where latents live: the explicit device if set, else what the offload hooks say."""
-        return self._explicit_device if self._explicit_device is not None else super()._execution_device
-
-    @execution_device.setter
-    def execution_device(self, device: torch.device) -> None:
-        """Pin every component to `device` (no offload) and run there."""
-        for module in (self.text_encoder, self.vae, self.transformer):
-            module.to(device)
-        self._explicit_device = torch.device(device)
-
-    @property
-    def _execution_device(self) -> torch.device:
-        return self.execution_device
 
     # ---------------------------------------------------------------- text
     def tokenize(
