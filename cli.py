@@ -972,7 +972,7 @@ ASSET_FILES = (
     "mesh.obj",
     "preview.mp4",
 )
-SPLATFACTO_ASSET_FILES = ("report.json", "transforms.json")
+SPLATFACTO_ASSET_FILES = ("report.json", "transforms.json", "splats.ply")
 GLB_MAGIC = b"glTF"
 GLB_HEADER_BYTES = 12
 
