@@ -644,12 +644,23 @@ def generate_output_bytes(config: GenerateConfig) -> int:
     return MIN_FREE_BYTES + config.frames * config.height * config.width * OUTPUT_BYTES_PER_PIXEL
 
 
+MAX_TEXT_TOKENS = 450  # = droplet3d.pipeline.MAX_TEXT_TOKENS (that module imports torch)
+# A prompt file is read whole and recorded in generation.json; 450 T5 tokens are about 2-3 KB of English.
+MAX_PROMPT_FILE_BYTES = 64 * 1024
+
+
 def read_prompt(prompt: str | None, prompt_file: Path | None) -> str:
     """Exactly one of --prompt / --prompt-file."""
     if (prompt is None) == (prompt_file is None):
         raise CLIError("give exactly one of --prompt or --prompt-file")
     if prompt_file is not None:
         try:
+            if prompt_file.stat().st_size > MAX_PROMPT_FILE_BYTES:
+                raise CLIError(
+                    f"--prompt-file {prompt_file} is {prompt_file.stat().st_size / 1024:.0f} KB; the text "
+                    f"encoder reads {MAX_TEXT_TOKENS} tokens (a few KB), so at most "
+                    f"{MAX_PROMPT_FILE_BYTES // 1024} KB are accepted"
+                )
             return prompt_file.read_text(encoding="utf-8").strip()
         except (OSError, UnicodeDecodeError) as exc:
             raise CLIError(f"cannot read --prompt-file {prompt_file}: {exc}") from exc

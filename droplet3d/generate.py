@@ -80,6 +80,9 @@ class GenerateResult:
 # latents, the attention and the VAE decode need far more memory than any single GPU has.
 MAX_VIDEO_PIXELS = 85 * 1024 * 1024
 MAX_SEED = 2**32 - 1  # the range numpy's and torch's generators both accept
+# 450 T5 tokens are 2-3 thousand characters; far longer prompts only cost memory in the tokenizer and
+# bloat generation.json (a 2 MB prompt took 1.1 GB).
+MAX_PROMPT_CHARS = 32_000
 # The largest image we decode: PIL's own bomb threshold is 2x its MAX_IMAGE_PIXELS (~179 MP); a photo
 # of an object is a few MP, so anything near that is a mistake or a decompression bomb.
 MAX_IMAGE_PIXELS = 64 * 1024 * 1024
@@ -127,6 +130,11 @@ def validate(config: GenerateConfig) -> None:
         )
     if not config.prompt.strip():
         raise Droplet3DError("the prompt is empty")
+    if len(config.prompt) > MAX_PROMPT_CHARS:
+        raise Droplet3DError(
+            f"the prompt has {len(config.prompt)} characters; the text encoder reads {MAX_TEXT_TOKENS} "
+            f"tokens (a few thousand characters), so at most {MAX_PROMPT_CHARS} are accepted"
+        )
     resolve_device(config.device)
 
 

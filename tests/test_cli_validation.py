@@ -220,3 +220,15 @@ def test_info_calls_a_checkpoint_file_a_file(tmp_path: Path) -> None:
     afile.write_text("not a folder")
     result = runner.invoke(app, ["info", "--ckpt", str(afile)])
     assert result.exit_code == 2 and "is a file" in result.output and "does not exist" not in result.output
+
+
+def test_a_huge_prompt_is_refused_before_it_is_read_or_tokenized(
+    generate_args: list[str], tmp_path: Path
+) -> None:
+    prompt_file = tmp_path / "prompt.txt"
+    prompt_file.write_text("a panda. " * (2 * 1024**2 // 9))  # 2 MB
+    args = [a for a in generate_args if a != USER_PROMPT and a != "--prompt"]
+    result = runner.invoke(app, ["generate", *args, "--prompt-file", str(prompt_file)])
+    assert_user_error(result, tmp_path / "out", "--prompt-file", "KB")
+    result = runner.invoke(app, ["generate", *args, "--prompt", "word " * 10_000])
+    assert_user_error(result, tmp_path / "out", "characters")
