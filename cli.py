@@ -2,9 +2,13 @@
 
 Only this module knows about both stage packages (`droplet3d` for generation, `recon` for poses,
 fitting and export); they never import each other. Every subcommand follows the same contract:
-bad input is reported in one line on stderr with exit code 2, and outputs are assembled in a
-temporary sibling folder that is moved into place only once complete, so an interrupted or failed
-run never leaves a half-written `--out` behind.
+
+- every option is defined once (OPTIONS) with its bounds, and everything is validated before the slow
+  work; bad input is one `error:` line on stderr with exit code 2, never a traceback;
+- outputs are assembled in a staging folder beside --out and moved into place only once complete
+  (removed on failure, Ctrl-C or SIGTERM, and by the next run if the process was killed);
+- --out never overlaps an input, is locked against a second writer, is re-checked at the moment of
+  replacing, is written through when it is a symlink, and gets umask permissions.
 """
 
 from __future__ import annotations

@@ -211,3 +211,37 @@ def test_an_unwritable_out_is_found_before_the_slow_work(frames_dir: Path, tmp_p
     blocker.write_text("x")
     out = blocker / "poses"
     assert_user_error(poses(frames_dir, out), None, "cannot create")
+
+
+POLL_SECONDS = 0.2
+GIVE_UP_SECONDS = 300  # only bounds a hang; nothing asserts how long anything takes
+
+
+def test_sigterm_during_a_real_reconstruct_leaves_nothing(frame_images: np.ndarray, tmp_path: Path) -> None:
+    import subprocess
+    import sys
+    import time
+
+    from recon_helpers import write_video
+
+    video = write_video(tmp_path / "orbit.mp4", np.concatenate([frame_images] * 2))
+    out = tmp_path / "asset"
+    repo = Path(cli.__file__).parent
+    env = {**os.environ, "PYTHONPATH": f"{repo}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    command = [sys.executable, "-m", "cli", "reconstruct", str(video), "--out", str(out), "--device", "cpu",
+               "--iterations", "100000", "--quiet"]  # fmt: skip
+    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + GIVE_UP_SECONDS
+        # Wait until the fit is under way: the poses are written into the staging folder first.
+        while not list(tmp_path.glob(".asset.partial-*/transforms.json")):
+            assert process.poll() is None, process.stdout.read().decode() if process.stdout else ""
+            assert time.monotonic() < deadline, "the reconstruction never started"
+            time.sleep(POLL_SECONDS)
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=GIVE_UP_SECONDS)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 128 + signal.SIGTERM
+    assert not out.exists() and not list(tmp_path.glob(".asset.*")), list(tmp_path.iterdir())
