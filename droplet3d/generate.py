@@ -27,6 +27,7 @@ from PIL import Image, UnidentifiedImageError
 from tqdm.auto import tqdm
 
 from droplet3d import models
+from droplet3d.align import _loading_bars as loading_bars
 from droplet3d.checkpoint import CheckpointPaths, resolve_checkpoint
 from droplet3d.conditioning import image_to_video
 from droplet3d.errors import Droplet3DError
@@ -296,7 +297,7 @@ def generate(config: GenerateConfig, warn: Callable[[str], None] = print) -> Gen
             if device.type == "cuda":
                 torch.cuda.empty_cache()
 
-        with timer("load"):
+        with timer("load"), loading_bars(config.progress):  # --quiet silences transformers' bar too
             pipe = load_pipeline(paths, dtype, device, config.offload)
             if config.vae_tiling:
                 pipe.vae.enable_tiling()

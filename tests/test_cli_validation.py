@@ -232,3 +232,29 @@ def test_a_huge_prompt_is_refused_before_it_is_read_or_tokenized(
     assert_user_error(result, tmp_path / "out", "--prompt-file", "KB")
     result = runner.invoke(app, ["generate", *args, "--prompt", "word " * 10_000])
     assert_user_error(result, tmp_path / "out", "characters")
+
+
+@pytest.mark.parametrize(
+    ("component", "key", "value"),
+    [
+        ("transformer", "num_layers", "two"),
+        ("vae", "block_out_channels", "x"),
+        ("text_encoder", "d_model", "big"),
+    ],
+)
+def test_a_checkpoint_config_value_of_the_wrong_type_is_one_line(
+    component: str, key: str, value: str, tiny_ckpt: Path, reference_dir: Path, tmp_path: Path
+) -> None:
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(tiny_ckpt, ckpt)
+    path = ckpt / component / "config.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), key: value}))
+    out = tmp_path / "out"
+    args = ["generate", "--ckpt", str(ckpt), "--image", str(reference_dir / "ref_image.png"),
+            "--prompt", USER_PROMPT, "--out", str(out), "--frames", "5", "--height", "32", "--width", "32",
+            "--steps", "1", "--device", "cpu", "--quiet"]  # fmt: skip
+    assert_user_error(runner.invoke(app, args), out, component.replace("_", " ").split()[-1])
+    info = runner.invoke(app, ["info", "--ckpt", str(ckpt), "--no-view-align"])
+    assert info.exit_code == 2 and any(
+        line.startswith(f"problem: {component}") for line in info.output.splitlines()
+    )

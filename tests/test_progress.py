@@ -57,3 +57,12 @@ def test_generate_output_in_a_log_has_no_carriage_returns(
     assert "\r" not in result.output
     denoise = [line for line in result.output.splitlines() if line.startswith("denoise")]
     assert denoise and "100%" in denoise[-1] and len(denoise) <= MOST_LINES
+
+
+def test_quiet_generate_prints_only_its_result(tiny_ckpt: Path, reference_dir: Path, tmp_path: Path) -> None:
+    args = ["generate", "--ckpt", str(tiny_ckpt), "--image", str(reference_dir / "ref_image.png"),
+            "--prompt", USER_PROMPT, "--out", str(tmp_path / "out"), "--frames", "5", "--height", "32",
+            "--width", "32", "--steps", "1", "--device", "cpu", "--quiet"]  # fmt: skip
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert result.output.splitlines() == [line for line in result.output.splitlines() if "wrote" in line]
