@@ -1007,14 +1007,27 @@ class RunStages:
         params = {k: v for k, v in vars(self.generate).items() if k not in NON_OUTPUT_GENERATE_SETTINGS}
         params["image"] = hashlib.sha256(Path(self.generate.image).read_bytes()).hexdigest()
         params["ckpt"] = str(Path(self.generate.ckpt).resolve())
+        params["device"] = device_key(self.generate.device)
         return fingerprint(params)
 
     def reconstruct_key(self, video_dir: Path) -> str:
         config_text = self.config.read_text() if self.config is not None and self.config.is_file() else None
         return fingerprint(
-            {"orbit": self.orbit, "fit": self.fit, "preset": self.preset, "config": config_text,
+            {"orbit": self.orbit, "fit": {**self.fit, "device": device_key(str(self.fit.get("device")))},
+             "preset": self.preset, "config": config_text,
              "engine": self.engine, "video": folder_digest(video_dir / "frames")}
         )  # fmt: skip
+
+
+def device_key(device: str) -> str:
+    """The device a --device value means here ("auto" and "cpu" are the same run on a CPU machine)."""
+    from droplet3d.errors import Droplet3DError
+    from droplet3d.generate import resolve_device
+
+    try:
+        return str(resolve_device(device))
+    except Droplet3DError:  # not resolvable here: the stage itself will say so
+        return device
 
 
 def file_problem(path: Path) -> str | None:

@@ -196,6 +196,21 @@ def test_generate_fingerprint_holds_exactly_the_output_changing_settings(tmp_pat
     assert _stages(_config(tmp_path, ckpt=tmp_path / "elsewhere")).generate_key() != key
 
 
+def test_auto_and_the_device_it_picks_are_one_fingerprint(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    keys = {_stages(_config(tmp_path, device=d), fit={"device": d}).generate_key() for d in ("auto", "cpu")}
+    assert len(keys) == 1
+    video = tmp_path / "video"
+    (video / "frames").mkdir(parents=True)
+    iio.imwrite(video / "frames" / "00000.png", np.zeros((8, 8, 3), np.uint8))
+    keys = {_stages(_config(tmp_path), fit={"device": d}).reconstruct_key(video) for d in ("auto", "cpu")}
+    assert len(keys) == 1
+
+
 def test_reconstruct_fingerprint_follows_every_reconstruction_setting(tmp_path: Path) -> None:
     video = tmp_path / "video"
     (video / "frames").mkdir(parents=True)
