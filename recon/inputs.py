@@ -25,8 +25,10 @@ MAX_FRAMES = 1024
 MAX_FRAME_PIXELS = 4096 * 4096
 MAX_ORBIT_BYTES = 2 * 1024**3  # decoded uint8 RGB, all frames together
 RGB_CHANNELS = 3
-# A video whose decoded frame count falls short of duration x fps by more than this is truncated.
-TRUNCATION_TOLERANCE_FRAMES = 1
+# A video that decodes to fewer frames than duration x fps, by more than this fraction (and at least a
+# frame), is truncated. The slack absorbs rounding and variable frame rates; a cut-off download loses far
+# more.
+TRUNCATION_TOLERANCE = 0.05
 # PIL modes whose arrays _to_rgb reads directly. Any other mode is converted by PIL first: to RGBA if it
 # carries alpha (LA, PA, palette transparency), else to RGB, so CMYK is never mistaken for RGBA.
 ARRAY_MODES = ("L", "RGB", "RGBA", "I", "I;16", "F")
@@ -111,7 +113,12 @@ def check_resources(count: int, width: int, height: int, where: str) -> None:
 
 
 def _container_frames(meta: dict[str, Any]) -> int | None:
-    """The frame count the container declares (duration x fps), or None when it does not say."""
+    """The frame count the container declares (duration x fps), or None when it does not say.
+
+    With an audio stream the container's duration may be the audio's, so it proves nothing then.
+    """
+    if meta.get("audio_codec"):
+        return None
     duration, fps = meta.get("duration"), meta.get("fps")
     numbers = isinstance(duration, (int, float)) and isinstance(fps, (int, float))
     if numbers and np.isfinite(duration) and np.isfinite(fps) and duration > 0 and fps > 0:
@@ -135,16 +142,17 @@ def read_video(path: Path) -> np.ndarray:
         if isinstance(size, (tuple, list)) and len(size) == 2:
             check_resources(declared or 0, int(size[0]), int(size[1]), str(path))
         images = []
-        for frame in iio.imiter(path):
+        for frame in iio.imiter(path):  # the header may not tell (no duration): count while decoding
             if len(images) == MAX_FRAMES:
                 raise ReconError(f"{path}: more than {MAX_FRAMES} frames; at most {MAX_FRAMES} are supported")
             images.append(_to_rgb(frame, str(path)))
+            check_resources(len(images), images[-1].shape[1], images[-1].shape[0], str(path))
     except ReconError:
         raise
     except Exception as exc:  # imageio raises many kinds of errors for bad files
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ReconError(f"cannot read video {path}: {first}") from exc
-    if declared is not None and len(images) < declared - TRUNCATION_TOLERANCE_FRAMES:
+    if declared is not None and len(images) < declared - max(1, TRUNCATION_TOLERANCE * declared):
         raise ReconError(
             f"{path} is truncated: its container declares {declared} frames but only {len(images)} decode; "
             "re-export or re-download the video"

@@ -80,3 +80,17 @@ def test_hidden_files_are_skipped(tmp_path: Path) -> None:
     (tmp_path / ".DS_Store").write_bytes(b"\x00\x00\x00\x01Bud1")
     frames = load_orbit(tmp_path).frames
     assert frames.shape[0] == 8 and [int(v) for v in frames[:, 0, 0, 0]] == list(range(8))
+
+
+def test_a_video_without_a_duration_is_still_bounded_while_decoding(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import imageio.v3 as iio
+
+    from recon import inputs
+
+    video = faststart_video(tmp_path / "v.mp4", orbit_frames(12, 32, supersample=1))
+    monkeypatch.setattr(iio, "immeta", lambda _path: {})  # a container that declares nothing
+    monkeypatch.setattr(inputs, "MAX_ORBIT_BYTES", 10 * 32 * 32 * 3)  # room for 10 of the 12 frames
+    with pytest.raises(ReconError, match="11 frames of 32x32"):
+        load_orbit(video)
