@@ -87,10 +87,9 @@ def weight_files(folder: Path, stem: str) -> list[Path]:
     if single.is_file():
         return [single]
     if index.is_file():
-        try:
-            weight_map = json.loads(index.read_text())["weight_map"]
-        except (OSError, ValueError, KeyError) as exc:
-            raise Droplet3DError(f"unreadable shard index {index}: {exc}") from exc
+        weight_map = read_json(index).get("weight_map")
+        if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+            raise Droplet3DError(f"{index}: 'weight_map' must be an object of tensor name -> shard file")
         shards = sorted({folder / name for name in weight_map.values()})
         for shard in shards:
             if not shard.is_file():
@@ -102,12 +101,85 @@ def weight_files(folder: Path, stem: str) -> list[Path]:
 
 
 def read_json(path: Path) -> dict:
+    """A checkpoint JSON file, which must hold an object (a list or a number is a broken file)."""
     if not path.is_file():
         raise Droplet3DError(f"checkpoint is incomplete: missing {path}")
     try:
-        return json.loads(path.read_text())
-    except ValueError as exc:
+        data = json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as exc:
         raise Droplet3DError(f"{path} is not valid JSON: {exc}") from exc
+    if not isinstance(data, dict):
+        raise Droplet3DError(f"{path} must hold a JSON object, not a {type(data).__name__}")
+    return data
+
+
+# safetensors layout: an 8-byte little-endian header length, a JSON header, then the tensor bytes.
+SAFETENSORS_LENGTH_BYTES = 8
+MAX_SAFETENSORS_HEADER = 100 * 1024**2  # the format's own limit
+
+
+def check_safetensors(path: Path) -> None:
+    """Raise naming `path` unless its header parses and the file holds every byte the header lists.
+
+    A 0-byte or truncated download fails here in milliseconds instead of deep inside loading.
+    """
+    size = path.stat().st_size
+    with path.open("rb") as handle:
+        length = int.from_bytes(handle.read(SAFETENSORS_LENGTH_BYTES), "little")
+        if size < SAFETENSORS_LENGTH_BYTES or not 0 < length <= min(MAX_SAFETENSORS_HEADER, size):
+            raise Droplet3DError(f"{path} is not a safetensors file (empty or truncated header)")
+        try:
+            header = json.loads(handle.read(length))
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise Droplet3DError(f"{path} is not a safetensors file (unreadable header)") from exc
+    if not isinstance(header, dict):
+        raise Droplet3DError(f"{path} is not a safetensors file (header is not an object)")
+    ends = [
+        info["data_offsets"][1]
+        for name, info in header.items()
+        if name != "__metadata__" and isinstance(info, dict) and len(info.get("data_offsets", [])) == 2
+    ]
+    needed = SAFETENSORS_LENGTH_BYTES + length + max(ends, default=0)
+    if size < needed:
+        raise Droplet3DError(f"{path} is truncated: {size} bytes, its header describes {needed}")
+
+
+def checked_weight_files(folder: Path, stem: str) -> list[Path]:
+    """weight_files(), each checked to be a complete safetensors file."""
+    files = weight_files(folder, stem)
+    for file in files:
+        check_safetensors(file)
+    return files
+
+
+def check_scheduler(folder: Path) -> None:
+    """Build the scheduler from its config, as generate does (a bogus beta_schedule fails here)."""
+    from droplet3d.models import load_scheduler
+
+    try:
+        load_scheduler(folder)
+    except Droplet3DError:
+        raise
+    except Exception as exc:  # diffusers raises NotImplementedError, ValueError, TypeError...
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        config = folder / "scheduler_config.json"
+        raise Droplet3DError(f"{config} does not describe a scheduler: {first}") from exc
+
+
+def check_tokenizer_model(path: Path) -> None:
+    """Parse the SentencePiece model (a few hundred KB) so a garbage file is named as such."""
+    _require(path)
+    try:
+        import sentencepiece
+    except ImportError as exc:
+        raise Droplet3DError("the tokenizer needs the packages sentencepiece and protobuf") from exc
+    processor = sentencepiece.SentencePieceProcessor()
+    try:
+        processor.LoadFromSerializedProto(path.read_bytes())
+    except Exception as exc:  # sentencepiece raises RuntimeError or OSError with multi-line text
+        raise Droplet3DError(
+            f"{path} is not a SentencePiece model (damaged, or not the released file)"
+        ) from exc
 
 
 def _require(path: Path) -> None:
@@ -118,15 +190,15 @@ def _require(path: Path) -> None:
 def _file_checks(paths: CheckpointPaths, view_align: bool) -> list[Callable[[], object]]:
     """One callable per required file or file group; each raises Droplet3DError naming what is wrong."""
     checks: list[Callable[[], object]] = [
-        lambda: read_json(paths.scheduler / "scheduler_config.json"),
+        lambda: check_scheduler(paths.scheduler),
         lambda: read_json(paths.transformer / "config.json"),
-        lambda: weight_files(paths.transformer, "diffusion_pytorch_model"),
+        lambda: checked_weight_files(paths.transformer, "diffusion_pytorch_model"),
         lambda: _check_vae_blocks(read_json(paths.vae / "config.json"), paths.vae / "config.json"),
-        lambda: weight_files(paths.vae, "diffusion_pytorch_model"),
+        lambda: checked_weight_files(paths.vae, "diffusion_pytorch_model"),
         lambda: read_json(paths.text_encoder / "config.json"),
-        lambda: weight_files(paths.text_encoder, "model"),
-        lambda: _require(paths.tokenizer / "spiece.model"),
-        lambda: _require(paths.tokenizer / "tokenizer_config.json"),
+        lambda: checked_weight_files(paths.text_encoder, "model"),
+        lambda: check_tokenizer_model(paths.tokenizer / "spiece.model"),
+        lambda: read_json(paths.tokenizer / "tokenizer_config.json"),
     ]
     if view_align:
         checks += [lambda: _require(paths.kontext / "model_index.json"), lambda: _require(paths.lora)]
@@ -135,6 +207,8 @@ def _file_checks(paths: CheckpointPaths, view_align: bool) -> list[Callable[[], 
 
 def _root(root: Path) -> CheckpointPaths:
     root = Path(root)
+    if root.exists() and not root.is_dir():
+        raise Droplet3DError(f"checkpoint {root} is a file, not the Droplet3D-5B folder")
     if not root.is_dir():
         raise Droplet3DError(
             f"checkpoint folder {root} does not exist (download Droplet3D-5B, pass its path)"

@@ -10,8 +10,11 @@ from __future__ import annotations
 import gc
 import hashlib
 import json
+import math
 import platform
+import re
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -24,6 +27,7 @@ from PIL import Image, UnidentifiedImageError
 from tqdm.auto import tqdm
 
 from droplet3d import models
+from droplet3d.align import _loading_bars as loading_bars
 from droplet3d.checkpoint import CheckpointPaths, resolve_checkpoint
 from droplet3d.conditioning import image_to_video
 from droplet3d.errors import Droplet3DError
@@ -81,8 +85,39 @@ class GenerateResult:
     aligned_image: Image.Image | None = None  # the view-aligned input that conditioned the video
 
 
+# The most frame pixels one generation may ask for: the paper's 85 frames at 1024x1024. Beyond it the
+# latents, the attention and the VAE decode need far more memory than any single GPU has.
+MAX_VIDEO_PIXELS = 85 * 1024 * 1024
+MAX_SEED = 2**32 - 1  # the range numpy's and torch's generators both accept
+# 450 T5 tokens are 2-3 thousand characters; far longer prompts only cost memory in the tokenizer and
+# bloat generation.json (a 2 MB prompt took 1.1 GB).
+MAX_PROMPT_CHARS = 32_000
+# The largest image we decode: PIL's own bomb threshold is 2x its MAX_IMAGE_PIXELS (~179 MP); a photo
+# of an object is a few MP, so anything near that is a mistake or a decompression bomb.
+MAX_IMAGE_PIXELS = 64 * 1024 * 1024
+
+
+def _require_finite(name: str, value: float) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise Droplet3DError(f"{name} must be a finite number, got {value!r}")
+
+
 def validate(config: GenerateConfig) -> None:
-    """Reject bad input before loading anything (cheap checks first)."""
+    """Reject bad input before loading anything (cheap checks first).
+
+    The CLI bounds each option already; this repeats what a Python caller could get wrong, so nan
+    guidance (black frames) or an absurd size cannot reach the pipeline either way.
+    """
+    for name in ("guidance_scale", "noise_aug_strength"):
+        _require_finite(f"--{name.replace('_', '-')}", getattr(config, name))
+    for name in ("frames", "height", "width", "steps", "seed", "fps", "align_max_area"):
+        value = getattr(config, name)
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise Droplet3DError(f"--{name.replace('_', '-')} must be an integer, got {value!r}")
+    if not 0 <= config.seed <= MAX_SEED:
+        raise Droplet3DError(f"--seed must be between 0 and {MAX_SEED}, got {config.seed}")
+    if config.fps < 1:
+        raise Droplet3DError(f"--fps must be at least 1, got {config.fps}")
     if config.height % 16 or config.width % 16 or config.height <= 0 or config.width <= 0:
         raise Droplet3DError(
             f"--height and --width must be positive multiples of 16, got {config.height}x{config.width}"
@@ -97,19 +132,47 @@ def validate(config: GenerateConfig) -> None:
         raise Droplet3DError(f"--offload must be one of {', '.join(OFFLOAD_MODES)}, got {config.offload}")
     if config.noise_aug_strength < 0:
         raise Droplet3DError("--noise-aug-strength must be >= 0")
+    if config.frames * config.height * config.width > MAX_VIDEO_PIXELS:
+        raise Droplet3DError(
+            f"{config.frames} frames of {config.width}x{config.height} is more than one generation can hold "
+            f"in memory (at most {MAX_VIDEO_PIXELS // 1024**2} Mpx in all, e.g. 85 frames of 1024x1024)"
+        )
     if not config.prompt.strip():
         raise Droplet3DError("the prompt is empty")
+    if len(config.prompt) > MAX_PROMPT_CHARS:
+        raise Droplet3DError(
+            f"the prompt has {len(config.prompt)} characters; the text encoder reads {MAX_TEXT_TOKENS} "
+            f"tokens (a few thousand characters), so at most {MAX_PROMPT_CHARS} are accepted"
+        )
     resolve_device(config.device)
 
 
 def resolve_device(device: str) -> torch.device:
-    if device == "auto":
+    """The torch device for a --device value.
+
+    Kept identical to `recon.raster.resolve_device`; one parametrised test runs both. (recon must not
+    import droplet3d, and a shared top-level module would be a third install unit for a few lines.)
+
+    "auto" is CUDA when present, else CPU; "cpu"; "cuda" or "cuda:N" only when that GPU exists.
+    Anything else, or a GPU that is not there, is a user error naming what to pass instead.
+    """
+    name = (device or "auto").strip().lower()
+    if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise Droplet3DError("--device cuda was asked for but CUDA is not available; use --device cpu")
-    if device not in ("cuda", "cpu"):
-        raise Droplet3DError(f"--device must be auto, cuda or cpu, got {device}")
-    return torch.device(device)
+    if name == "cpu":
+        return torch.device("cpu")
+    match = re.fullmatch(r"cuda(?::(\d+))?", name)
+    if match is None:
+        raise Droplet3DError(f"unknown device {device!r}; use auto, cpu, cuda or cuda:N")
+    if not torch.cuda.is_available():
+        raise Droplet3DError(f"--device {device} but CUDA is not available here; use --device cpu (or auto)")
+    index = int(match.group(1) or 0)
+    count = torch.cuda.device_count()
+    if index >= count:
+        raise Droplet3DError(
+            f"--device {device} but this machine has {count} CUDA device(s); use cuda:0 to cuda:{count - 1}"
+        )
+    return torch.device(name)
 
 
 def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
@@ -119,12 +182,22 @@ def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
 
 
 def load_image(path: Path) -> Image.Image:
+    """The conditioning image as RGB; its size is checked from the header before any decoding."""
     try:
-        with Image.open(path) as image:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own limit is lower
+            image = Image.open(path)
+        with image:
+            pixels = image.width * image.height
+            if pixels > MAX_IMAGE_PIXELS:
+                raise Droplet3DError(
+                    f"image {path} is {image.width}x{image.height} ({pixels / 1e6:.0f} Mpx); the limit is "
+                    f"{MAX_IMAGE_PIXELS / 1e6:.0f} Mpx (it is resized to --height x --width anyway)"
+                )
             return image.convert("RGB")
     except FileNotFoundError as exc:
         raise Droplet3DError(f"image {path} does not exist") from exc
-    except (UnidentifiedImageError, OSError) as exc:
+    except (UnidentifiedImageError, Image.DecompressionBombError, OSError) as exc:
         raise Droplet3DError(f"cannot read image {path}: {exc}") from exc
 
 
@@ -186,7 +259,7 @@ def load_pipeline(
     elif device.type == "cuda" and offload == "sequential":
         pipe.enable_sequential_cpu_offload(device=device)
     else:
-        pipe.execution_device = device
+        pipe.to(device)  # diffusers' public placement; its execution device is then `device`
     return pipe
 
 
@@ -249,7 +322,7 @@ def generate(config: GenerateConfig, warn: Callable[[str], None] = print) -> Gen
             if device.type == "cuda":
                 torch.cuda.empty_cache()
 
-        with timer("load"):
+        with timer("load"), loading_bars(config.progress):  # --quiet silences transformers' bar too
             pipe = load_pipeline(paths, dtype, device, config.offload)
             speedups = apply_speedups(pipe, config, device)
             if config.vae_tiling:
@@ -269,7 +342,7 @@ def generate(config: GenerateConfig, warn: Callable[[str], None] = print) -> Gen
                 torch.cuda.empty_cache()
 
         video, mask = image_to_video(image, config.frames, config.height, config.width)
-        generator = torch.Generator(device=pipe.execution_device).manual_seed(config.seed)
+        generator = torch.Generator(device=device).manual_seed(config.seed)  # where the latents live
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
         with timer("denoise"):
@@ -318,15 +391,20 @@ def generate(config: GenerateConfig, warn: Callable[[str], None] = print) -> Gen
     return GenerateResult(frames=frames, record=record, aligned_image=aligned)
 
 
-def write_outputs(result: GenerateResult, out_dir: Path, fps: int, progress: bool = True) -> None:
-    """frames/00000.png..., orbit.mp4, generation.json and (if any) aligned_input.png into out_dir."""
+def write_orbit_video(frames: list[np.ndarray], path: Path, fps: int) -> None:
+    """orbit.mp4 (H.264); also used by `run` to re-mux at a new --fps without regenerating."""
     import imageio.v2 as imageio
 
+    imageio.mimwrite(path, frames, fps=fps, codec="libx264", quality=8)
+
+
+def write_outputs(result: GenerateResult, out_dir: Path, fps: int, progress: bool = True) -> None:
+    """frames/00000.png..., orbit.mp4, generation.json and (if any) aligned_input.png into out_dir."""
     frames_dir = out_dir / "frames"
     frames_dir.mkdir(parents=True, exist_ok=True)
     for i, frame in enumerate(tqdm(result.frames, desc="write frames", disable=not progress, leave=False)):
         Image.fromarray(frame).save(frames_dir / f"{i:05d}.png")
-    imageio.mimwrite(out_dir / "orbit.mp4", list(result.frames), fps=fps, codec="libx264", quality=8)
+    write_orbit_video(list(result.frames), out_dir / "orbit.mp4", fps)
     if result.aligned_image is not None:
         result.aligned_image.save(out_dir / "aligned_input.png")
     (out_dir / "generation.json").write_text(json.dumps(result.record, indent=2))

@@ -23,6 +23,11 @@ from droplet3d.transformer import Droplet3DTransformer3DModel
 from droplet3d.vae import normalize_vae_config, use_reference_encode_batching
 
 
+def _first_line(exc: BaseException) -> str:
+    """Library errors can span many lines; the CLI's contract is one."""
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+
+
 def build_transformer(folder: Path) -> Droplet3DTransformer3DModel:
     """The transformer described by `folder/config.json` (random or meta weights)."""
     return Droplet3DTransformer3DModel.from_config(read_json(folder / "config.json"))
@@ -50,8 +55,15 @@ def load_diffusers_model(
 ) -> Droplet3DTransformer3DModel | AutoencoderKLCogVideoX:
     """Load `transformer` or `vae` from a released folder onto `device` in `dtype`."""
     build = {"transformer": build_transformer, "vae": build_vae}[kind]
-    with init_empty_weights():
-        model = build(folder)
+    try:
+        with init_empty_weights():
+            model = build(folder)
+    except Droplet3DError:
+        raise
+    except (TypeError, ValueError, KeyError, AttributeError) as exc:  # a config value of the wrong type
+        raise Droplet3DError(
+            f"{folder / 'config.json'} does not describe a {kind}: {_first_line(exc)}"
+        ) from exc
     _load_strict(model, weight_files(folder, "diffusion_pytorch_model"), kind, device)
     # nn.Module.to, not ModelMixin.to: the latter warns about fp32-kept modules these models do not have.
     return nn.Module.to(model, device=device, dtype=dtype).eval().requires_grad_(False)
@@ -60,8 +72,10 @@ def load_diffusers_model(
 def load_text_encoder(folder: Path, dtype: torch.dtype, device: str = "cpu") -> T5EncoderModel:
     try:
         model = T5EncoderModel.from_pretrained(folder, dtype=dtype, local_files_only=True)
-    except (OSError, ValueError) as exc:
-        raise Droplet3DError(f"cannot load the T5 text encoder from {folder}: {exc}") from exc
+    except (MemoryError, torch.cuda.OutOfMemoryError):
+        raise  # not a problem of the folder: the caller turns it into memory advice
+    except Exception as exc:  # transformers and huggingface_hub raise many unrelated types for bad configs
+        raise Droplet3DError(f"cannot load the T5 text encoder from {folder}: {_first_line(exc)}") from exc
     return model.to(device).eval().requires_grad_(False)
 
 

@@ -98,24 +98,10 @@ class Droplet3DPipeline(DiffusionPipeline):
             transformer=transformer,
             scheduler=scheduler,
         )
-        self._explicit_device: torch.device | None = None
         # Attention kernel order for CUDA runs (benchmarks override it to compare backends).
         self.sdpa_priority: Sequence[SDPBackend] | None = CUDA_SDPA_PRIORITY
         self.vae_scale_spatial = 2 ** (len(vae.config.block_out_channels) - 1)
         self.vae_scale_temporal = vae.config.temporal_compression_ratio
-
-    @property
-    def execution_device(self) -> torch.device:
-        """Where latents live: the explicit device if set, else what the offload hooks say."""
-        return self._explicit_device if self._explicit_device is not None else super()._execution_device
-
-    @execution_device.setter
-    def execution_device(self, device: torch.device) -> None:
-        """Pin every component to `device` (no offload) and run there."""
-        for module in (self.text_encoder, self.vae, self.transformer):
-            if module is not None:  # the text encoder may have been released after use
-                module.to(device)
-        self._explicit_device = torch.device(device)
 
     def release_text_encoder(self) -> None:
         """Drop the text encoder once the prompts are encoded, freeing its memory on the spot.
@@ -124,10 +110,6 @@ class Droplet3DPipeline(DiffusionPipeline):
         copies into freshly faulted pages), 5% of a whole generation; nothing needs it again.
         """
         self.register_modules(text_encoder=None)
-
-    @property
-    def _execution_device(self) -> torch.device:
-        return self.execution_device
 
     # ---------------------------------------------------------------- text
     def tokenize(

@@ -151,14 +151,30 @@ def _fit_and_export(
     return report
 
 
-def _splatfacto(out: Path, settings: Settings, log: Any) -> dict[str, Any]:
-    """Train nerfstudio's splatfacto on our transforms.json and export its splats.ply."""
-    runs = Path(out) / "nerfstudio"
-    cmd = [
-        "ns-train", "splatfacto", "--data", str(out), "--output-dir", str(runs),
-        "--max-num-iterations", str(settings.fit.iterations), "--viewer.quit-on-train-completion", "True",
-        "--vis", "tensorboard",
+# nerfstudio's dataparser re-centres, re-orients (to the mean camera "up") and rescales the poses to a
+# unit box by default, and ns-export writes the splats in that normalised frame. Turning the three off
+# (and keeping scale 1) makes its frame exactly our transforms.json frame: +Z up, object at the origin,
+# world units, so splats.ply from either engine lines up with mesh.ply and the cameras.
+SPLATFACTO_KEEP_OUR_FRAME = [
+    "nerfstudio-data", "--orientation-method", "none", "--center-method", "none",
+    "--auto-scale-poses", "False", "--scale-factor", "1.0",
+]  # fmt: skip
+NERFSTUDIO_SPLAT_FILE = "splat.ply"  # what ns-export gaussian-splat writes
+
+
+def splatfacto_command(data: Path, runs: Path, iterations: int) -> list[str]:
+    """The ns-train call: method options first, then the dataparser and its options (ns-train's order)."""
+    return [
+        "ns-train", "splatfacto", "--data", str(data), "--output-dir", str(runs),
+        "--max-num-iterations", str(iterations), "--viewer.quit-on-train-completion", "True",
+        "--vis", "tensorboard", *SPLATFACTO_KEEP_OUR_FRAME,
     ]  # fmt: skip
+
+
+def _splatfacto(out: Path, settings: Settings, log: Any) -> dict[str, Any]:
+    """Train nerfstudio's splatfacto on our transforms.json and export its splats as splats.ply."""
+    runs = Path(out) / "nerfstudio"
+    cmd = splatfacto_command(Path(out), runs, settings.fit.iterations)
     log("running " + " ".join(cmd))
     if subprocess.run(cmd, check=False).returncode != 0:
         raise ReconError("ns-train splatfacto failed (its output is above)")
@@ -168,10 +184,19 @@ def _splatfacto(out: Path, settings: Settings, log: Any) -> dict[str, Any]:
     export = ["ns-export", "gaussian-splat", "--load-config", str(configs[-1]), "--output-dir", str(out)]
     if subprocess.run(export, check=False).returncode != 0:
         raise ReconError("ns-export gaussian-splat failed (its output is above)")
+    exported = Path(out) / NERFSTUDIO_SPLAT_FILE
+    if not exported.is_file():
+        raise ReconError(f"ns-export finished but wrote no {NERFSTUDIO_SPLAT_FILE} in {out}")
+    exported.rename(Path(out) / "splats.ply")
     report = {
         "engine": "splatfacto",
         "orbit": settings.orbit.to_dict(),
         "nerfstudio_config": str(configs[-1]),
+        "files": {"splats": "splats.ply", "transforms": "transforms.json"},
+        "frames_of_reference": {
+            "splats.ply, transforms.json": "world, +Z up, object at the origin (nerfstudio's re-centring, "
+            "re-orientation and auto-scaling turned off)",
+        },
     }
     (Path(out) / "report.json").write_text(json.dumps(report, indent=2))
     return report

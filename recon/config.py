@@ -64,6 +64,29 @@ def default_orbit() -> OrbitConfig:
     return OrbitConfig().updated(read_config(asset_path("orbit_droplet3d.json"))["orbit"], "orbit preset")
 
 
+# Sane ranges of the settings whose extremes exhaust memory or make no sense. Checked only for fields
+# that exist, so the table never blocks a renamed or new field (types are checked for all of them).
+RANGES: dict[str, dict[str, tuple[float, float]]] = {
+    "fit": {
+        "iterations": (1, 1_000_000), "resolution": (16, 4096), "hull_resolution": (8, 512),
+        "init_points": (1, 10_000_000), "max_gaussians": (1, 100_000_000), "sh_degree": (0, 3),
+    },
+    "mesh": {
+        "voxels": (8, 1024), "render_size": (16, 4096), "extra_views": (0, 360), "trunc_voxels": (0.5, 64),
+        "alpha_min": (0.0, 1.0), "keep_fraction": (0.0, 1.0),
+    },
+}  # fmt: skip
+
+
+def check_ranges(section: str, settings: Any) -> Any:
+    """Raise ReconError for a `section` setting outside its range in RANGES; return `settings`."""
+    for name, (low, high) in RANGES[section].items():
+        value = getattr(settings, name, None)
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and not low <= value <= high:
+            raise ReconError(f"{section} setting {name} must be between {low:g} and {high:g}, got {value!r}")
+    return settings
+
+
 @dataclass
 class Settings:
     orbit: OrbitConfig
@@ -103,4 +126,4 @@ def resolve_settings(
     fit = fit.updated(config.get("fit", {}), "config fit")
     mesh = mesh.updated(config.get("mesh", {}), "config mesh")
     fit = fit.updated({k: v for k, v in (fit_cli or {}).items() if v is not None}, "fit option")
-    return Settings(orbit, fit.validate(), mesh, name)
+    return Settings(orbit, check_ranges("fit", fit).validate(), check_ranges("mesh", mesh), name)

@@ -6,6 +6,7 @@ the densification strategy, meshing and previews never branch on the device.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import torch
@@ -16,17 +17,31 @@ from recon.raster_torch import rasterize_torch
 
 
 def resolve_device(device: str) -> torch.device:
-    """'auto' -> CUDA when present, else CPU; 'cuda' without CUDA is a user error."""
-    device = (device or "auto").lower()
-    if device == "auto":
+    """The torch device for a --device value.
+
+    Kept identical to `droplet3d.generate.resolve_device`; one parametrised test runs both. (recon must not
+    import droplet3d, and a shared top-level module would be a third install unit for a few lines.)
+
+    "auto" is CUDA when present, else CPU; "cpu"; "cuda" or "cuda:N" only when that GPU exists.
+    Anything else, or a GPU that is not there, is a user error naming what to pass instead.
+    """
+    name = (device or "auto").strip().lower()
+    if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise ReconError("--device cuda but CUDA is not available here; use --device cpu (or auto)")
-        return torch.device(device)
-    if device == "cpu":
+    if name == "cpu":
         return torch.device("cpu")
-    raise ReconError(f"unknown device {device!r}; use auto, cuda or cpu")
+    match = re.fullmatch(r"cuda(?::(\d+))?", name)
+    if match is None:
+        raise ReconError(f"unknown device {device!r}; use auto, cpu, cuda or cuda:N")
+    if not torch.cuda.is_available():
+        raise ReconError(f"--device {device} but CUDA is not available here; use --device cpu (or auto)")
+    index = int(match.group(1) or 0)
+    count = torch.cuda.device_count()
+    if index >= count:
+        raise ReconError(
+            f"--device {device} but this machine has {count} CUDA device(s); use cuda:0 to cuda:{count - 1}"
+        )
+    return torch.device(name)
 
 
 def rasterize(

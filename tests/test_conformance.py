@@ -35,7 +35,7 @@ def pipe(tiny_ckpt: Path) -> Droplet3DPipeline:
         transformer=models.load_diffusers_model("transformer", paths.transformer, f32),
         scheduler=models.load_scheduler(paths.scheduler),
     )
-    pipeline.execution_device = torch.device("cpu")
+    pipeline.to("cpu")
     pipeline.set_progress_bar_config(disable=True)
     return pipeline
 
