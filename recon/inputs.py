@@ -23,7 +23,7 @@ MIN_FRAMES = 8
 # many GB (fitting downscales to --resolution anyway).
 MAX_FRAMES = 1024
 MAX_FRAME_PIXELS = 4096 * 4096
-MAX_ORBIT_BYTES = 2 * 1024**3  # decoded uint8 RGB, all frames together
+MAX_ORBIT_BYTES = 2 * 1024**3  # decoded uint8 RGBA, all frames together
 DECODED_CHANNELS = 4  # frames are decoded as RGBA (alpha is the silhouette when present)
 # A video that decodes to fewer frames than duration x fps, by more than this fraction (and at least a
 # frame), is truncated. The slack absorbs rounding and variable frame rates; a cut-off download loses far

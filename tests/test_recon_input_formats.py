@@ -91,6 +91,6 @@ def test_a_video_without_a_duration_is_still_bounded_while_decoding(
 
     video = faststart_video(tmp_path / "v.mp4", orbit_frames(12, 32, supersample=1))
     monkeypatch.setattr(iio, "immeta", lambda _path: {})  # a container that declares nothing
-    monkeypatch.setattr(inputs, "MAX_ORBIT_BYTES", 10 * 32 * 32 * 3)  # room for 10 of the 12 frames
+    monkeypatch.setattr(inputs, "MAX_ORBIT_BYTES", 10 * 32 * 32 * inputs.DECODED_CHANNELS)  # 10 of 12 fit
     with pytest.raises(ReconError, match="11 frames of 32x32"):
         load_orbit(video)
