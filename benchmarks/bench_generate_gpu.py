@@ -265,7 +265,7 @@ def build_pipeline(
         transformer=transformer,
         scheduler=models.load_scheduler(TINY / "scheduler"),
     )
-    pipe.execution_device = torch.device(DEVICE)
+    pipe.to(DEVICE)
     return pipe
 
 
@@ -423,11 +423,10 @@ def place(pipe: Droplet3DPipeline, offload: str) -> Droplet3DPipeline:
     pipe.remove_all_hooks()
     ensure_text_encoder(pipe)
     if offload == "none" or DEVICE == "cpu":
-        pipe.execution_device = torch.device(DEVICE)
+        pipe.to(DEVICE)
         return pipe
     # With offload generate() does not fuse q/k/v: moving fused weights would copy their views.
     pipe.transformer.unfuse_qkv_projections()
-    pipe._explicit_device = None
     for module in (pipe.text_encoder, pipe.transformer, pipe.vae):
         module.to("cpu")
     torch.cuda.empty_cache()
@@ -439,10 +438,13 @@ def place(pipe: Droplet3DPipeline, offload: str) -> Droplet3DPipeline:
 
 
 def only_transformer_on_device(pipe: Droplet3DPipeline) -> None:
-    """Drop offload hooks and put just the transformer on the device (the T5 stays where it is)."""
+    """Drop offload hooks and put the pipeline on the device (diffusers' public placement).
+
+    The T5 goes too unless it was released: the pipeline no longer overrides diffusers' private
+    execution-device property to run with components split across devices.
+    """
     pipe.remove_all_hooks()
-    pipe.transformer.to(DEVICE)
-    pipe._explicit_device = torch.device(DEVICE)
+    pipe.to(DEVICE)
 
 
 def run_generate(pipe: Droplet3DPipeline, steps: int, offload: str, **extra: Any) -> dict[str, Any]:
@@ -479,8 +481,7 @@ def run_generate(pipe: Droplet3DPipeline, steps: int, offload: str, **extra: Any
 def measure_vae_autotune(pipe: Droplet3DPipeline, frames: int, height: int, width: int) -> dict[str, Any]:
     """VAE decode of random latents with and without cuDNN autotuning (benchmark=True)."""
     pipe.remove_all_hooks()
-    pipe.vae.to(DEVICE)
-    pipe._explicit_device = torch.device(DEVICE)
+    pipe.to(DEVICE)
     g = torch.Generator(device=DEVICE).manual_seed(2)
     lat = torch.randn(1, (frames - 1) // 4 + 1, 16, height // 8, width // 8, device=DEVICE, generator=g)
     lat = lat.to(pipe.vae.dtype)

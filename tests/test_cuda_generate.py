@@ -199,9 +199,9 @@ def test_released_text_encoder_is_gone_and_placement_still_works(tiny_ckpt: Path
     pipe = load_pipeline(resolve_checkpoint(tiny_ckpt), torch.float32, torch.device("cpu"), "none")
     pipe.release_text_encoder()
     assert pipe.text_encoder is None and pipe.components["text_encoder"] is None
-    pipe.execution_device = torch.device("cpu")
+    pipe.to("cpu")
     pipe.maybe_free_model_hooks()
-    assert pipe.execution_device == torch.device("cpu")
+    assert pipe.device == torch.device("cpu")
 
 
 @pytest.mark.cuda
