@@ -10,6 +10,7 @@ formulas directly, not from `recon.poses`, so the tests can check one against th
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -74,10 +75,30 @@ def pattern(points: np.ndarray) -> np.ndarray:
     return 0.9 + 0.15 * np.sin(7.0 * x + 2.0) * np.sin(7.0 * y + 1.0) * np.cos(6.0 * z)
 
 
+# Period of `fine_pattern`'s checker, world units: squares of 0.04 are 2-3 faces across on a 50k-face
+# mesh of this object, so per-vertex colour cannot hold them and a texture can.
+FINE_PERIOD = 0.08
+
+
+def fine_pattern(points: np.ndarray) -> np.ndarray:
+    """A high-frequency brightness pattern in {0.55, 1.05}: a 3D checker of `FINE_PERIOD` / 2 cells.
+
+    For the export benchmark (texture vs vertex colour); the tests keep the smooth `pattern`.
+    """
+    cells = np.floor(points / (FINE_PERIOD / 2)).astype(np.int64).sum(axis=1)
+    return np.where(cells % 2 == 0, 1.05, 0.55)
+
+
+Pattern = Callable[[np.ndarray], np.ndarray]
+
+
 def ray_cast(
-    origins: np.ndarray, dirs: np.ndarray, scene: list[Box | Sphere]
+    origins: np.ndarray, dirs: np.ndarray, scene: list[Box | Sphere], shading: Pattern = pattern
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Colour [n, 3] (background where missed) and hit distance [n] (inf where missed)."""
+    """Colour [n, 3] (background where missed) and hit distance [n] (inf where missed).
+
+    `shading` is the brightness pattern painted on the surface (`pattern` or `fine_pattern`).
+    """
     best_t = np.full(len(origins), np.inf)
     color = np.tile(BACKGROUND, (len(origins), 1))
     light = np.array([0.4, -0.3, 0.85])
@@ -92,7 +113,7 @@ def ray_cast(
         best_t = np.where(closer, t, best_t)
         points = origins[closer] + t[closer, None] * dirs[closer]
         shade = 0.45 + 0.55 * np.clip(normal[closer] @ light, 0.0, 1.0)
-        color[closer] = np.clip(np.asarray(prim.color) * (shade * pattern(points))[:, None], 0.0, 1.0)
+        color[closer] = np.clip(np.asarray(prim.color) * (shade * shading(points))[:, None], 0.0, 1.0)
     return color, best_t
 
 
@@ -112,8 +133,9 @@ def orbit_c2w(azimuths_deg: np.ndarray, elevation_deg: float, radius: float) -> 
 
 
 def render(
-    c2w: np.ndarray, fov_deg: float, size: int, scene: list[Box | Sphere] | None = None, supersample: int = 3
-) -> tuple[np.ndarray, np.ndarray]:
+    c2w: np.ndarray, fov_deg: float, size: int, scene: list[Box | Sphere] | None = None, supersample: int = 3,
+    shading: Pattern = pattern,
+) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
     """Render views [n, size, size, 3] uint8 and z-depth [n, size, size] (inf = background).
 
     `fov_deg` is the full vertical field of view. Colour is box-filtered over supersample^2 rays per
@@ -127,23 +149,25 @@ def render(
         for sy in range(supersample):
             for sx in range(supersample):
                 off = ((sx + 0.5) / supersample, (sy + 0.5) / supersample)
-                acc += _cast_view(m, focal, size, off, scene)[0]
+                acc += _cast_view(m, focal, size, off, scene, shading)[0]
         images.append(
             np.round(np.clip(acc / supersample**2, 0, 1) * 255).reshape(size, size, 3).astype(np.uint8)
         )
-        _, t, zdir = _cast_view(m, focal, size, (0.5, 0.5), scene)
+        _, t, zdir = _cast_view(m, focal, size, (0.5, 0.5), scene, shading)
         depths.append((t * zdir).reshape(size, size))
     return np.stack(images), np.stack(depths)
 
 
-def _cast_view(m: np.ndarray, focal: float, size: int, off: tuple[float, float], scene: list) -> tuple:
+def _cast_view(
+    m: np.ndarray, focal: float, size: int, off: tuple[float, float], scene: list, shading: Pattern = pattern
+) -> tuple:
     j, i = np.meshgrid(np.arange(size) + off[0], np.arange(size) + off[1])
     cam = np.stack([(j - size / 2) / focal, -(i - size / 2) / focal, -np.ones_like(j)], -1).reshape(-1, 3)
     zdir = 1.0 / np.linalg.norm(cam, axis=1)  # z-depth = distance * cos(angle to the optical axis)
     dirs = cam @ m[:3, :3].T
     dirs /= np.linalg.norm(dirs, axis=1, keepdims=True)
     origins = np.broadcast_to(m[:3, 3], dirs.shape)
-    color, t = ray_cast(np.ascontiguousarray(origins), dirs, scene)
+    color, t = ray_cast(np.ascontiguousarray(origins), dirs, scene, shading)
     return color, t, zdir
 
 
@@ -185,3 +209,32 @@ def sample_surface(scene: list[Box | Sphere] | None = None, n: int = 100_000, se
         points.append(p)
     pts = np.concatenate(points)
     return pts[~inside(pts, scene, eps=1e-6)]
+
+
+def surface_normals(points: np.ndarray, scene: list[Box | Sphere] | None = None) -> np.ndarray:
+    """Outward unit normals [n, 3] of the true surface at points on (or near) it.
+
+    Each point takes the normal of the primitive whose surface is nearest: radial for a sphere, the
+    nearest face's axis for a box. Used to measure how faithful exported mesh normals are.
+    """
+    scene = default_scene() if scene is None else scene
+    best = np.full(len(points), np.inf)
+    normals = np.zeros_like(points, dtype=np.float64)
+    for prim in scene:
+        rel = points - np.asarray(prim.center)
+        if isinstance(prim, Sphere):
+            r = np.linalg.norm(rel, axis=1)
+            dist = np.abs(r - prim.radius)
+            n = rel / np.maximum(r, 1e-12)[:, None]
+        else:
+            gap = np.abs(np.abs(rel) - np.asarray(prim.half))  # distance to each face pair's plane
+            outside = np.clip(np.abs(rel) - np.asarray(prim.half), 0, None)
+            axis = gap.argmin(axis=1)
+            rows = np.arange(len(points))
+            dist = np.sqrt((outside**2).sum(1) - outside[rows, axis] ** 2 + gap[rows, axis] ** 2)
+            n = np.zeros_like(rel)
+            n[rows, axis] = np.sign(rel[rows, axis])
+        closer = dist < best
+        best = np.where(closer, dist, best)
+        normals[closer] = n[closer]
+    return normals
