@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from dataclasses import fields as dataclass_fields
 from pathlib import Path
-from typing import TYPE_CHECKING, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 import typer
 
@@ -350,6 +350,41 @@ ORBIT_HELP = {
 }
 
 
+# Export options (reconstruct, run, demo): how the mesh and splats are written (recon.asset.ExportConfig).
+# None = not given, so a --config file's "mesh" section or the default applies.
+EXPORT_HELP = {
+    "faces": "Face budget of the mesh: quadric decimation to at most this many (default 50000; 0 = all).",
+    "texture_size": "Side of the baked base-colour texture in texels (default 2048).",
+    "vertex_colors": "Per-vertex colour instead of a UV texture (default: textured).",
+    "splat_format": "Splat file: ply (standard 3DGS), splat (antimatter15) or ply-compressed (SuperSplat).",
+}
+
+
+def export_option_params(panel: str | None = None) -> dict[str, Any]:
+    """The typer.Option objects of the export options (`panel` groups them in --help)."""
+    return {
+        "faces": typer.Option(None, help=EXPORT_HELP["faces"], rich_help_panel=panel),
+        "texture_size": typer.Option(None, help=EXPORT_HELP["texture_size"], rich_help_panel=panel),
+        "vertex_colors": typer.Option(
+            None, "--vertex-colors/--texture", help=EXPORT_HELP["vertex_colors"], show_default=False,
+            rich_help_panel=panel,
+        ),
+        "splat_format": typer.Option(None, help=EXPORT_HELP["splat_format"], rich_help_panel=panel),
+    }  # fmt: skip
+
+
+EXPORT_OPTIONS = export_option_params()
+RUN_EXPORT_OPTIONS = export_option_params("Reconstruction")
+
+
+def export_options(
+    faces: int | None, texture_size: int | None, vertex_colors: bool | None, splat_format: str | None
+) -> dict[str, object]:
+    """The export options actually given (None = take the config file's or the default value)."""
+    return {"faces": faces, "texture_size": texture_size, "vertex_colors": vertex_colors,
+            "splat_format": splat_format}  # fmt: skip
+
+
 def orbit_options(
     elevation: float | None, radius: float | None, fov: float | None, start_azimuth: float | None,
     direction: str | None, full_turn: bool | None,
@@ -415,6 +450,10 @@ def reconstruct(
     config: Path | None = typer.Option(None, help=ORBIT_HELP["config"]),
     overwrite: bool = typer.Option(False, help="Replace a non-empty --out folder."),
     quiet: bool = typer.Option(False, help="No progress bars."),
+    faces: int | None = EXPORT_OPTIONS["faces"],
+    texture_size: int | None = EXPORT_OPTIONS["texture_size"],
+    vertex_colors: bool | None = EXPORT_OPTIONS["vertex_colors"],
+    splat_format: str | None = EXPORT_OPTIONS["splat_format"],
 ) -> None:
     """Fit Gaussian splats to an orbit with known poses and export splats, meshes and a turntable preview."""
     from recon import api
@@ -422,11 +461,12 @@ def reconstruct(
     options = orbit_options(elevation, radius, fov, start_azimuth, direction, full_turn)
     fit_options = {"iterations": iterations, "device": device, "sh_degree": sh_degree,
                    "resolution": resolution, "seed": seed}  # fmt: skip
+    exports = export_options(faces, texture_size, vertex_colors, splat_format)
     check_out_dir(out, overwrite)
     with staged_output(out, overwrite) as tmp:
         report = api.reconstruct(
             input, tmp, options, fit_options, preset, config, engine, progress=not quiet,
-            log=_logger(quiet),
+            log=_logger(quiet), export_options=exports,
         )  # fmt: skip
     print_outputs(out, report)
 
@@ -439,7 +479,9 @@ def print_outputs(out: Path, report: dict[str, object]) -> None:
     if "gaussians" in report:
         psnr = report["psnr"]["mean"]  # type: ignore[index]
         typer.echo(f"{report['gaussians']} gaussians, mean training PSNR {psnr:.2f} dB")
-    for name in ("mesh.glb", "splats.ply", "mesh.ply", "mesh.obj", "preview.mp4", "report.json"):
+    names = ("mesh.glb", "splats.ply", "splats.splat", "splats.compressed.ply", "mesh.ply", "mesh.obj",
+             "mesh.mtl", "preview.mp4", "report.json")  # fmt: skip
+    for name in names:
         if (out / name).is_file():
             typer.echo(f"{name:>12}: {out / name}")
 
@@ -451,13 +493,18 @@ def demo(
     device: str = typer.Option("auto", help="auto (CUDA if present), cuda or cpu."),
     overwrite: bool = typer.Option(False, help="Replace a non-empty --out folder."),
     quiet: bool = typer.Option(False, help="No progress bars."),
+    faces: int | None = EXPORT_OPTIONS["faces"],
+    texture_size: int | None = EXPORT_OPTIONS["texture_size"],
+    vertex_colors: bool | None = EXPORT_OPTIONS["vertex_colors"],
+    splat_format: str | None = EXPORT_OPTIONS["splat_format"],
 ) -> None:
-    """Reconstruct the bundled example orbit (no weights needed): .glb, .ply and a preview in a minute."""
+    """Reconstruct the bundled example orbit (no weights needed): textured .glb, .ply and a preview."""
     from recon import api
 
     check_out_dir(out, overwrite)
+    exports = export_options(faces, texture_size, vertex_colors, splat_format)
     with staged_output(out, overwrite) as tmp:
-        report = api.demo(tmp, device, progress=not quiet, log=_logger(quiet))
+        report = api.demo(tmp, device, progress=not quiet, log=_logger(quiet), export_options=exports)
     print_outputs(out, report)
 
 
@@ -516,6 +563,10 @@ def run(
     device: str = typer.Option("auto", help="auto (CUDA if present), cuda or cpu, for both stages."),
     overwrite: bool = typer.Option(False, help="Replace a non-empty --out that is not a run folder."),
     quiet: bool = GENERATE_OPTIONS["quiet"],
+    faces: int | None = RUN_EXPORT_OPTIONS["faces"],
+    texture_size: int | None = RUN_EXPORT_OPTIONS["texture_size"],
+    vertex_colors: bool | None = RUN_EXPORT_OPTIONS["vertex_colors"],
+    splat_format: str | None = RUN_EXPORT_OPTIONS["splat_format"],
 ) -> None:
     """Image + text -> orbit video -> splats and meshes, in one command.
 
@@ -558,9 +609,10 @@ def run(
         state.mark("generate", gen_key)
 
     config_text = config.read_text() if config is not None and config.is_file() else None
+    exports = export_options(faces, texture_size, vertex_colors, splat_format)
     recon_key = fingerprint(
         {"orbit": orbit, "fit": fit_options, "preset": preset, "config": config_text,
-         "video": folder_digest(video_dir / "frames")}
+         "video": folder_digest(video_dir / "frames"), "export": exports}
     )  # fmt: skip
     if state.is_done("reconstruct", recon_key, asset_dir / "report.json"):
         typer.echo(f"reconstruct: up to date in {asset_dir}, skipped")
@@ -568,8 +620,9 @@ def run(
     else:
         with staged_output(asset_dir, overwrite=True) as tmp:
             report = api.reconstruct(
-                video_dir, tmp, orbit, fit_options, preset, config, progress=not quiet, log=log
-            )
+                video_dir, tmp, orbit, fit_options, preset, config, progress=not quiet, log=log,
+                export_options=exports,
+            )  # fmt: skip
         state.mark("reconstruct", recon_key)
     typer.echo(f"video: {video_dir / 'orbit.mp4'}")
     print_outputs(asset_dir, report)

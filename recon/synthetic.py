@@ -75,21 +75,27 @@ def pattern(points: np.ndarray) -> np.ndarray:
     return 0.9 + 0.15 * np.sin(7.0 * x + 2.0) * np.sin(7.0 * y + 1.0) * np.cos(6.0 * z)
 
 
-# Period of `fine_pattern`'s checker, world units: squares of 0.04 are 2-3 faces across on a 50k-face
+Pattern = Callable[[np.ndarray], np.ndarray]
+
+# Period of `fine_pattern`'s checker, world units: cells of 0.04 are 2-3 faces across on a 50k-face
 # mesh of this object, so per-vertex colour cannot hold them and a texture can.
 FINE_PERIOD = 0.08
+CHECKER_DARK, CHECKER_LIGHT = 0.55, 1.05
+
+
+def checker(period: float) -> Pattern:
+    """A 3D checker brightness pattern in {0.55, 1.05} with cells of `period` / 2 (axis-aligned)."""
+
+    def shading(points: np.ndarray) -> np.ndarray:
+        cells = np.floor(points / (period / 2)).astype(np.int64).sum(axis=1)
+        return np.where(cells % 2 == 0, CHECKER_LIGHT, CHECKER_DARK)
+
+    return shading
 
 
 def fine_pattern(points: np.ndarray) -> np.ndarray:
-    """A high-frequency brightness pattern in {0.55, 1.05}: a 3D checker of `FINE_PERIOD` / 2 cells.
-
-    For the export benchmark (texture vs vertex colour); the tests keep the smooth `pattern`.
-    """
-    cells = np.floor(points / (FINE_PERIOD / 2)).astype(np.int64).sum(axis=1)
-    return np.where(cells % 2 == 0, 1.05, 0.55)
-
-
-Pattern = Callable[[np.ndarray], np.ndarray]
+    """The export benchmark's high-frequency pattern: `checker(FINE_PERIOD)`; the tests keep `pattern`."""
+    return checker(FINE_PERIOD)(points)
 
 
 def ray_cast(

@@ -17,7 +17,10 @@ from typer.testing import CliRunner
 from cli import app
 
 runner = CliRunner()
-SMALL_MESH = {"mesh": {"render_size": 64, "extra_views": 8, "voxels": 96}}
+SMALL_MESH = {
+    "mesh": {"render_size": 64, "extra_views": 8, "voxels": 96, "faces": 4000, "texture_size": 256,
+             "bake_size": 64, "bake_ring_views": 4}
+}  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -56,11 +59,14 @@ def test_reconstruct_cli_on_a_video(video: Path, tmp_path: Path) -> None:
     assert report["psnr"]["mean"] > 14.0  # 80 steps on a small video: rough, but clearly fitted
     assert report["gaussians"] > 100 and report["timings_s"]["total"] > 0
     assert report["mesh_settings"]["render_size"] == 64  # the config file was applied
+    assert report["mesh"]["faces"] <= 4000 and report["mesh"]["texture_size"] == 256
     meta = json.loads((out / "transforms.json").read_text())
     assert meta["frames"][0]["file_path"] == "images/00000.png"
     el = np.radians(15.0)
-    expected = 2.0 * np.array([0.0, np.cos(el), np.sin(el)])  # frame 4 of 16, ccw: azimuth 90 (+Y)
+    # Asset frame: +Y up, first camera on +Z. Frame 4 of 16, ccw, is a quarter turn on: +X.
+    expected = 2.0 * np.array([np.cos(el), np.sin(el), 0.0])
     np.testing.assert_allclose(np.array(meta["frames"][4]["transform_matrix"])[:3, 3], expected, atol=1e-6)
+    assert_files_overlay(out)
     preview = iio.imread(out / "preview.mp4")
     assert preview.shape[0] == 48 and preview.shape[-1] == 3
     import trimesh
@@ -69,6 +75,30 @@ def test_reconstruct_cli_on_a_video(video: Path, tmp_path: Path) -> None:
     # --overwrite replaces; without it a non-empty --out is refused.
     again = runner.invoke(app, args)
     assert again.exit_code == 2 and "--overwrite" in again.output
+
+
+def assert_files_overlay(out: Path) -> None:
+    """mesh.glb, splats.ply and transforms.json share one frame: mesh vertices and splat centres,
+    projected with the transforms.json cameras, land on the object in the images they belong to."""
+    import trimesh
+    from recon_helpers import read_binary_ply
+
+    from recon.fit import estimate_background, project_points, silhouettes
+    from recon.poses import read_transforms
+
+    cams, names = read_transforms(out / "transforms.json")
+    images = np.stack([iio.imread(out / name) for name in names])
+    masks = silhouettes(images, estimate_background(images), 0.06)
+    mesh = trimesh.load(out / "mesh.glb").to_geometry()
+    ply = read_binary_ply(out / "splats.ply")
+    splat_means = np.stack([ply["x"], ply["y"], ply["z"]], 1)
+    for points, least in ((np.asarray(mesh.vertices), 0.95), (splat_means, 0.9)):
+        uv, z = project_points(points, cams)
+        u = np.clip(np.floor(uv[..., 0]), 0, cams.width - 1).astype(int)
+        v = np.clip(np.floor(uv[..., 1]), 0, cams.height - 1).astype(int)
+        on_object = masks[np.arange(len(cams))[:, None], v, u] & (z > 0)
+        # A 90-degree turn between files puts about half the points off the object.
+        assert on_object.mean() >= least, on_object.mean()
 
 
 def test_poses_cli_on_a_generate_folder_uses_its_orbit(frames: np.ndarray, tmp_path: Path) -> None:
