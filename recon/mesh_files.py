@@ -10,7 +10,9 @@ Colour spaces, as each format defines them:
   as sRGB, so they get the sRGB values.
 
 The material is glTF PBR metallic-roughness with metallic 0 and a high roughness: the baked colour
-already contains the orbit's lighting, and a rough dielectric adds the least extra sheen on top.
+already contains the orbit's lighting, and a rough dielectric adds the least extra sheen on top. It is
+double-sided: a fused TSDF surface can have inward-wound patches, which a viewer's back-face culling
+would otherwise punch out as holes.
 """
 
 from __future__ import annotations
@@ -58,7 +60,7 @@ def textured_mesh(
 
     material = trimesh.visual.material.PBRMaterial(
         name=MATERIAL_NAME, baseColorTexture=Image.fromarray(texture, "RGB"), metallicFactor=0.0,
-        roughnessFactor=roughness, baseColorFactor=[255, 255, 255, 255],
+        roughnessFactor=roughness, baseColorFactor=[255, 255, 255, 255], doubleSided=True,
     )  # fmt: skip
     visual = trimesh.visual.TextureVisuals(uv=np.stack([uv[:, 0], 1.0 - uv[:, 1]], -1), material=material)
     return trimesh.Trimesh(vertices, faces, vertex_normals=normals, visual=visual, process=False)

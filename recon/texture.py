@@ -156,7 +156,9 @@ def project_colors(
             depth = F.grid_sample(
                 renders[j, ..., 3][None, None], grid, mode="nearest", align_corners=False
             )[0, 0, 0]  # fmt: skip
-            facing = (nrm * F.normalize(centers[cam] - p, dim=-1)).sum(-1)
+            # |cos|: TSDF surfaces can carry inward-wound patches, so the normal's sign is not trusted;
+            # the depth test alone decides which side of a thin part a view sees.
+            facing = (nrm * F.normalize(centers[cam] - p, dim=-1)).sum(-1).abs()
             ok = (pc[:, 2] > 0) & (grid[0, 0].abs() <= 1).all(-1) & (facing >= MIN_FACING)
             ok &= (rgba[:, 3] >= alpha_min) & ((depth - pc[:, 2]).abs() <= depth_tolerance)
             alpha = rgba[:, 3:].clamp_min(1e-6)

@@ -295,3 +295,39 @@ def test_gsplat_splat_formats(scene, tmp_path: Path, fmt: str, name: str) -> Non
         assert dist.max() < 1e-6
     else:
         assert data.startswith(b"ply\n") and b"element chunk" in data and b"packed_position" in data
+
+
+def test_mesh_splats_and_cameras_overlay_in_the_asset_frame(textured, scene) -> None:
+    """On exact data the files agree to within a fraction of a cell; a quarter turn is obvious."""
+    from recon_helpers import read_binary_ply
+    from scipy.spatial import cKDTree
+
+    from recon.fit import project_points
+    from recon.frames import cameras_to_asset
+
+    vertices = np.asarray(trimesh_load(textured["out"] / "mesh.glb").vertices)
+    ply = read_binary_ply(textured["out"] / "splats.ply")
+    means = np.stack([ply["x"], ply["y"], ply["z"]], 1)
+    cams = cameras_to_asset(scene["cams"], scene["transform"])  # what transforms.json holds
+    _, depth = synthetic.render(scene["cams"].c2w, 45.0, SIZE, supersample=1)
+    silhouette = np.isfinite(depth)
+
+    def on_object(points: np.ndarray) -> float:
+        uv, z = project_points(points, cams)
+        u = np.clip(np.floor(uv[..., 0]), 0, SIZE - 1).astype(int)
+        v = np.clip(np.floor(uv[..., 1]), 0, SIZE - 1).astype(int)
+        return float((silhouette[np.arange(len(cams))[:, None], v, u] & (z > 0)).mean())
+
+    quarter = np.array([[0.0, 0, 1], [0, 1, 0], [-1, 0, 0]])  # a quarter turn about +Y
+    tree = cKDTree(means)
+    assert tree.query(vertices)[0].mean() < 0.015  # splats are ~0.017 apart
+    assert tree.query(vertices @ quarter.T)[0].mean() > 0.04  # measured 0.07
+    # Measured 0.96 and 0.98 (points exactly on the outline miss the pixel grid), 0.83 turned.
+    assert on_object(vertices) > 0.94 and on_object(means) > 0.94
+    assert on_object(vertices @ quarter.T) < 0.9
+
+
+def trimesh_load(path: Path):
+    import trimesh
+
+    return trimesh.load(path).to_geometry()
