@@ -63,6 +63,8 @@ class ExportConfig:
     bake_size: int = 512
     # Views in each of the two extra bake rings (above and below the orbit), on top of the training views.
     bake_ring_views: int = 12
+    # At most this many training views (evenly spread over the orbit) are rendered for the bake.
+    bake_orbit_views: int = 36
     # Power of the cosine weighting of views: higher prefers the most frontal view more strictly.
     bake_sharpness: float = 8.0
     # A view sees a surface point when the rendered median depth is within this fraction of the
@@ -87,8 +89,10 @@ class ExportConfig:
             )
         if not isinstance(self.vertex_colors, bool):
             raise ReconError(f"vertex-colors must be true or false, got {self.vertex_colors!r}")
-        if self.bake_size < 16 or self.smooth_iterations < 0 or not 0 <= self.roughness <= 1:
-            raise ReconError("bake_size must be >= 16, smooth_iterations >= 0 and roughness in 0..1")
+        if self.bake_size < 16 or self.bake_orbit_views < 1 or self.smooth_iterations < 0:
+            raise ReconError("bake_size must be >= 16, bake_orbit_views >= 1 and smooth_iterations >= 0")
+        if not 0 <= self.roughness <= 1:
+            raise ReconError(f"roughness must be in 0..1, got {self.roughness!r}")
         return self
 
     def updated(self, data: dict[str, Any], where: str = "mesh") -> ExportConfig:
@@ -133,7 +137,7 @@ def build_asset_mesh(
     # One projection pass for vertices and texels together: the splat renders are the slow part.
     colors, seen = project_colors(
         np.concatenate(points), np.concatenate(point_normals), splats,
-        bake_cameras(cameras, cfg.bake_size, cfg.bake_ring_views), cfg.bake_alpha_min,
+        bake_cameras(cameras, cfg.bake_size, cfg.bake_ring_views, cfg.bake_orbit_views), cfg.bake_alpha_min,
         cfg.bake_depth_tolerance * size, cfg.bake_sharpness,
     )  # fmt: skip
     n = len(vertices)

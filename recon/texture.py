@@ -109,8 +109,15 @@ def rasterize_uv(uv: np.ndarray, faces: np.ndarray, size: int) -> tuple[np.ndarr
     return face_index, bary
 
 
-def bake_cameras(cameras: Cameras, size: int, ring_views: int) -> Cameras:
-    """The training cameras plus rings above and below (`BAKE_RINGS`), rendered at `size` px wide."""
+def bake_cameras(cameras: Cameras, size: int, ring_views: int, orbit_views: int) -> Cameras:
+    """At most `orbit_views` of the training cameras (evenly spread) plus rings above and below
+    (`BAKE_RINGS`), rendered at `size` px wide.
+
+    An 85-frame orbit's neighbouring views see the same texels almost equally frontally; rendering
+    all of them would cost more than it adds.
+    """
+    if len(cameras) > orbit_views:
+        cameras = cameras.subset(np.unique(np.linspace(0, len(cameras) - 1, orbit_views).round().astype(int)))
     c = cameras.scaled(size, max(1, round(size * cameras.height / cameras.width)))
     radius = float(np.linalg.norm(c.centers(), axis=1).mean())
     extra = [c.c2w]

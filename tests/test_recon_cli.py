@@ -212,7 +212,8 @@ def test_reconstruct_rejects_bad_options(video: Path, tmp_path: Path) -> None:
     for args, needle in [
         (["--preset", "ultra"], "preset"), (["--sh-degree", "5"], "sh-degree"),
         (["--iterations", "0"], "iterations"), (["--device", "tpu"], "device"),
-        (["--engine", "blender"], "engine"),
+        (["--engine", "blender"], "engine"), (["--splat-format", "obj"], "splat-format"),
+        (["--faces", "5"], "faces"), (["--texture-size", "10"], "texture-size"),
     ]:  # fmt: skip
         assert_user_error(
             runner.invoke(app, ["reconstruct", str(video), "--out", str(out), *args]), out, needle
@@ -247,6 +248,8 @@ def test_demo_writes_an_upright_glb_facing_plus_z(tmp_path: Path, monkeypatch: p
     assert result.exit_code == 0, result.output
     assert "mesh.glb" in result.output and "splats.ply" in result.output and "preview.mp4" in result.output
     mesh = trimesh.load(out / "mesh.glb").to_geometry()
+    assert mesh.visual.kind == "texture", "the demo writes the textured glb by default"
+    assert len(mesh.faces) <= 50_000 and (out / "mesh_texture.png").is_file()
     v = np.asarray(mesh.vertices)
     extent = v.max(0) - v.min(0)
     assert extent[1] > extent[0] + 0.2 and extent[1] > extent[2], "upright: tallest along +Y"
