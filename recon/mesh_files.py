@@ -76,11 +76,15 @@ def colored_mesh(vertices: np.ndarray, faces: np.ndarray, normals: np.ndarray, c
 
 def write_glb(path: Path, mesh: Any) -> None:
     """Binary glTF with normals; vertex colours (if any) converted to linear for ``COLOR_0``."""
+    normals = np.asarray(mesh.vertex_normals)
     out = mesh.copy()
     if out.visual.kind == "vertex":
         srgb = np.asarray(out.visual.vertex_colors)
         linear = np.round(srgb_to_linear(srgb[:, :3] / 255.0) * 255).astype(np.uint8)
         out.visual.vertex_colors = np.concatenate([linear, srgb[:, 3:]], 1)
+    # Setting the colours drops trimesh's cached normals and it would recompute them, zero where
+    # faces cancel; keep the unit normals the mesh was built with.
+    out.vertex_normals = normals
     Path(path).write_bytes(out.export(file_type="glb", include_normals=True))
 
 

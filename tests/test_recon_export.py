@@ -246,7 +246,7 @@ def test_texture_holds_detail_vertex_colours_cannot(scene) -> None:
     assert errors[False] < 0.7 * errors[True], errors
 
 
-def test_exported_normals_are_unit_even_where_trimesh_has_none() -> None:
+def test_exported_normals_are_unit_even_where_trimesh_has_none(tmp_path: Path) -> None:
     import trimesh
 
     from recon.surface import unit_vertex_normals
@@ -256,7 +256,14 @@ def test_exported_normals_are_unit_even_where_trimesh_has_none() -> None:
     vertices = np.array([[0, 0, 0], [1, 0, 0], [0, 1, 0], [1, 1, 0]], dtype=float)
     mesh = trimesh.Trimesh(vertices, [[0, 1, 2], [0, 2, 1], [1, 3, 2]], process=False)
     assert np.linalg.norm(mesh.vertex_normals, axis=1).min() < 0.5
-    np.testing.assert_allclose(np.linalg.norm(unit_vertex_normals(mesh), axis=1), 1.0)
+    normals = unit_vertex_normals(mesh)
+    np.testing.assert_allclose(np.linalg.norm(normals, axis=1), 1.0)
+    # ... and they stay unit through the vertex-colour glb writer (it must not let trimesh recompute).
+    from recon.mesh_files import colored_mesh, write_glb
+
+    colors = np.full((len(vertices), 3), 128, np.uint8)
+    write_glb(tmp_path / "fold.glb", colored_mesh(vertices, mesh.faces, normals, colors))
+    assert validate(tmp_path / "fold.glb")["issues"]["numErrors"] == 0
 
 
 def _colour_at(mesh, points: np.ndarray, face: np.ndarray) -> np.ndarray:
