@@ -10,10 +10,15 @@ compared with the ray-cast truth. Also printed: mean angle between mesh normals 
 normals (raw TSDF mesh vs the smoothed export), face count, glb size and the Khronos glTF-Validator's
 error count.
 
+`--source oracle` skips the fit and meshing: the splats are an ideal fit (`synthetic.surface_splats`,
+flat gaussians on the true surface with the true colours) and the mesh is the true shape
+(`synthetic.triangle_mesh`), so the figures measure the export alone, on a source that has the detail.
+
 Targets: textured >= vertex-colour + 2 dB PSNR, faces <= --faces, glb < 12 MB at 50k faces with a
 2048 texture, zero validator errors.
 
     python benchmarks/bench_export.py [--size 128] [--iterations 800] [--faces 50000] [--device cpu]
+    python benchmarks/bench_export.py --source oracle
 """
 
 from __future__ import annotations
@@ -45,6 +50,9 @@ EVAL_SUPERSAMPLE = 2  # mesh renders: rays per pixel side, box-filtered (the tru
 TRUTH_SUPERSAMPLE = 3
 MAX_GLB_BYTES = 12 * 1024 * 1024
 TARGET_GAIN_DB = 2.0
+# The oracle source: gaussians ~0.008 apart, 0.005 wide (finer than the 0.04 checker cells), and the
+# true shape with ~180k faces before decimation.
+ORACLE_SPLATS, ORACLE_SCALE, ORACLE_SUBDIVISIONS = 60_000, 0.005, 6
 CANDIDATE_BUDGET = 1 << 22  # pixels tested per rasterisation chunk
 
 
@@ -188,6 +196,7 @@ def main() -> None:
     parser.add_argument("--texture-size", type=int, default=2048)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--out", type=Path, default=None, help="keep the exports and renders here")
+    parser.add_argument("--source", choices=("fit", "oracle"), default="fit")
     args = parser.parse_args()
     out = args.out or Path(tempfile.mkdtemp(prefix="bench_export_"))
 
@@ -200,8 +209,13 @@ def main() -> None:
     cfg = FitConfig(iterations=args.iterations, resolution=args.size, sh_degree=1, sh_degree_interval=300,
                     device=args.device, seed=0)  # fmt: skip
     t0 = time.perf_counter()
-    result = fit(frames, cams, cfg, progress=True)
-    mesh = tsdf_mesh(result.splats, result.cameras, result.hull, MeshConfig())
+    if args.source == "fit":
+        result = fit(frames, cams, cfg, progress=True)
+        splats, train_cams = result.splats, result.cameras
+        mesh = tsdf_mesh(result.splats, result.cameras, result.hull, MeshConfig())
+    else:
+        splats = synthetic.surface_splats(synthetic.fine_pattern, count=ORACLE_SPLATS, scale=ORACLE_SCALE)
+        mesh, train_cams = synthetic.triangle_mesh(ORACLE_SUBDIVISIONS), cams
     t_fit = time.perf_counter() - t0
 
     # Held-out views: halfway between training azimuths, and 20 degrees higher.
@@ -223,7 +237,7 @@ def main() -> None:
         folder.mkdir(parents=True, exist_ok=True)
         export = ExportConfig(faces=args.faces, texture_size=args.texture_size, vertex_colors=vertex_colors)
         t1 = time.perf_counter()
-        write_asset(folder, mesh, result.splats, result.cameras, export, transform)
+        write_asset(folder, mesh, splats, train_cams, export, transform)
         seconds = time.perf_counter() - t1
         loaded = trimesh.load(folder / "mesh.glb").to_geometry()
         renders = render_mesh(loaded, held, EVAL_SIZE)
@@ -241,9 +255,10 @@ def main() -> None:
     smooth_normals = normal_error_deg(smooth_surface(mesh, ExportConfig().smooth_iterations))
 
     tex, vc = rows["textured"], rows["vertex colour"]
+    source = f"{args.iterations} iterations" if args.source == "fit" else "oracle splats, true mesh"
     print(
-        f"views {args.views} at {args.size}x{args.size}, {args.iterations} iterations, device {args.device}, "
-        f"{len(result.splats)} gaussians, TSDF mesh {len(mesh.faces)} faces, fit + mesh {t_fit:.0f} s"
+        f"views {args.views} at {args.size}x{args.size}, {source}, device {args.device}, "
+        f"{len(splats)} gaussians, mesh {len(mesh.faces)} faces before export, {t_fit:.0f} s"
     )
     print(f"held-out views: {len(held_c2w)} at {EVAL_SIZE}px (6 between training azimuths, 6 at +20 deg)")
     for name, row in rows.items():

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -244,3 +245,60 @@ def surface_normals(points: np.ndarray, scene: list[Box | Sphere] | None = None)
         best = np.where(closer, dist, best)
         normals[closer] = n[closer]
     return normals
+
+
+def triangle_mesh(subdivisions: int = 4) -> Any:
+    """The object as a trimesh (body box, head sphere, nose box; parts overlap, inner faces kept).
+
+    Grey vertex colours; used as an exact mesh by the export tests and benchmark.
+    """
+    import trimesh
+
+    parts = []
+    for prim in default_scene():
+        if isinstance(prim, Sphere):
+            part = trimesh.creation.icosphere(subdivisions=subdivisions, radius=prim.radius)
+        else:
+            part = trimesh.creation.box(extents=2 * np.asarray(prim.half))
+            for _ in range(subdivisions):
+                part = part.subdivide()
+        part.apply_translation(prim.center)
+        parts.append(part)
+    mesh = trimesh.util.concatenate(parts)
+    mesh.visual.vertex_colors = np.full((len(mesh.vertices), 4), 200, np.uint8)
+    return mesh
+
+
+def surface_splats(
+    shading: Pattern = pattern, seed: int = 0, count: int = 10_000, scale: float = 0.012
+) -> Any:
+    """`recon.fit.Splats` of an ideal fit: flat gaussians (`scale` wide, a sixth as thick) on the true
+    surface, coloured like the ray caster (SH degree 1, no view dependence).
+
+    Lets the export be tested and benchmarked on a source with known detail, independent of the fit.
+    """
+    import torch
+
+    from recon.fit import Splats
+    from recon.frames import rotation_to_quaternion
+
+    points = sample_surface(n=count, seed=seed)
+    normals = surface_normals(points)
+    origins = points + 1e-3 * normals  # cast back onto the surface to get the ray caster's own colour
+    with np.errstate(invalid="ignore"):  # axis-aligned rays: the ray caster multiplies inf by 0
+        colors, _ = ray_cast(origins, -normals, default_scene(), shading)
+    # Orientation: a rotation whose third axis is the normal (the thin axis).
+    helper = np.where(np.abs(normals[:, :1]) < 0.9, [[1.0, 0, 0]], [[0, 1.0, 0]])
+    u = np.cross(normals, helper)
+    u /= np.linalg.norm(u, axis=1, keepdims=True)
+    rot = np.stack([u, np.cross(normals, u), normals], -1)
+    quats = torch.tensor(np.stack([rotation_to_quaternion(r) for r in rot]), dtype=torch.float32)
+    n = len(points)
+    return Splats(
+        means=torch.tensor(points, dtype=torch.float32),
+        scales=torch.log(torch.tensor([[scale, scale, scale / 6]]).repeat(n, 1)),
+        quats=quats, opacities=torch.full((n,), 4.0),
+        sh0=torch.tensor((colors - 0.5) / 0.28209479177387814, dtype=torch.float32)[:, None],
+        shN=torch.zeros(n, 3, 3), sh_degree=1,
+        background=torch.tensor(BACKGROUND, dtype=torch.float32),
+    )  # fmt: skip

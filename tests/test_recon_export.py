@@ -14,11 +14,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from recon import synthetic
 from recon.asset import ExportConfig, build_asset_mesh, write_asset
-from recon.fit import Splats
 from recon.frames import asset_transform, front_direction
 from recon.mesh_files import linear_to_srgb, srgb_to_linear
 from recon.poses import OrbitConfig, orbit_cameras
@@ -33,61 +31,10 @@ SMALL = {"texture_size": 256, "bake_size": 64, "bake_ring_views": 4, "faces": 30
 DETAIL_PERIOD, DETAIL_FACES = 0.16, 1500
 
 
-def true_mesh(subdivisions: int = 4):
-    """The analytic object as a triangle mesh (body box, head sphere, nose box; overlapping parts kept)."""
-    import trimesh
-
-    parts = []
-    for prim in synthetic.default_scene():
-        if isinstance(prim, synthetic.Sphere):
-            part = trimesh.creation.icosphere(subdivisions=subdivisions, radius=prim.radius)
-        else:
-            part = trimesh.creation.box(extents=2 * np.asarray(prim.half))
-            for _ in range(subdivisions):
-                part = part.subdivide()
-        part.apply_translation(prim.center)
-        parts.append(part)
-    mesh = trimesh.util.concatenate(parts)
-    mesh.visual.vertex_colors = np.full((len(mesh.vertices), 4), 200, np.uint8)
-    return mesh
-
-
-def surface_splats(
-    shading: synthetic.Pattern = synthetic.pattern, seed: int = 0, count: int = SPLATS, scale: float = 0.012
-) -> Splats:
-    """Flat gaussians on the true surface, coloured like the ray caster (SH degree 1, zero rest)."""
-    points = synthetic.sample_surface(n=count, seed=seed)
-    normals = synthetic.surface_normals(points)
-    origins = points + 1e-3 * normals  # cast back onto the surface to get the ray caster's own colour
-    with np.errstate(invalid="ignore"):  # axis-aligned rays: the ray caster multiplies inf by 0
-        colors, _ = synthetic.ray_cast(origins, -normals, synthetic.default_scene(), shading)
-    # Orientation: a rotation whose third axis is the normal (the thin axis).
-    helper = np.where(np.abs(normals[:, :1]) < 0.9, [[1.0, 0, 0]], [[0, 1.0, 0]])
-    u = np.cross(normals, helper)
-    u /= np.linalg.norm(u, axis=1, keepdims=True)
-    rot = np.stack([u, np.cross(normals, u), normals], -1)
-    quats = torch.tensor(np.stack([_quat(r) for r in rot]), dtype=torch.float32)
-    n = len(points)
-    return Splats(
-        means=torch.tensor(points, dtype=torch.float32),
-        scales=torch.log(torch.tensor([[scale, scale, scale / 6]]).repeat(n, 1)),
-        quats=quats, opacities=torch.full((n,), 4.0),
-        sh0=torch.tensor((colors - 0.5) / 0.28209479177387814, dtype=torch.float32)[:, None],
-        shN=torch.zeros(n, 3, 3), sh_degree=1,
-        background=torch.tensor(synthetic.BACKGROUND, dtype=torch.float32),
-    )  # fmt: skip
-
-
-def _quat(r: np.ndarray) -> np.ndarray:
-    from recon.frames import rotation_to_quaternion
-
-    return rotation_to_quaternion(r)
-
-
 @pytest.fixture(scope="module")
 def scene():
     cams = orbit_cameras(VIEWS, OrbitConfig(), SIZE, SIZE)
-    return {"cams": cams, "splats": surface_splats(), "mesh": true_mesh(),
+    return {"cams": cams, "splats": synthetic.surface_splats(), "mesh": synthetic.triangle_mesh(),
             "transform": asset_transform(front_direction(cams))}  # fmt: skip
 
 
@@ -188,7 +135,7 @@ def test_srgb_curve_round_trips() -> None:
 
 
 def test_decimation_stays_within_the_face_budget() -> None:
-    mesh = true_mesh(subdivisions=5)
+    mesh = synthetic.triangle_mesh(subdivisions=5)
     for budget in (500, 4000):
         low = decimate(mesh, budget)
         assert len(low.faces) <= budget and len(low.faces) >= 0.9 * budget
@@ -218,7 +165,9 @@ def test_taubin_smoothing_removes_noise_without_shrinking() -> None:
 def test_texture_holds_detail_vertex_colours_cannot(scene) -> None:
     """On a checker finer than the mesh, the texture must match the true colours far better."""
     shading = synthetic.checker(DETAIL_PERIOD)
-    splats = surface_splats(shading, count=2 * SPLATS, scale=0.008)  # sharper source than the default
+    splats = synthetic.surface_splats(
+        shading, count=2 * SPLATS, scale=0.008
+    )  # sharper source than the default
     errors = {}
     for vertex_colors in (False, True):
         cfg = ExportConfig(
