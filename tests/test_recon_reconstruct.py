@@ -32,9 +32,10 @@ def fitted(tmp_path_factory: pytest.TempPathFactory):
     result = fit(frames, cams, cfg, progress=False, train_index=train)
     mesh = tsdf_mesh(result.splats, result.cameras, result.hull, MeshConfig(voxels=128, render_size=96))
     out = tmp_path_factory.mktemp("fit")
-    write_splats_ply(out / "splats.ply", result.splats)
     small = ExportConfig(faces=20_000, vertex_colors=True, bake_size=96, bake_ring_views=4)
     write_asset(out, mesh, result.splats, result.cameras, small, asset_transform(front_direction(cams)))
+    # The writer itself, on the raw (world-frame) splats, for the round-trip test below.
+    write_splats_ply(out / "splats.ply", result.splats)
     return {"frames": frames, "cams": cams, "train": train, "result": result, "mesh": mesh, "out": out}
 
 
