@@ -415,6 +415,7 @@ MAX_SH_DEGREE = 3
 GENERATION_PANEL = "Generation"
 ORBIT_PANEL = "Orbit (poses)"
 FIT_PANEL = "Reconstruction"
+EXPORT_PANEL = "Export"
 
 
 def finite(value: float | None) -> float | None:
@@ -562,6 +563,27 @@ OPTIONS: dict[str, Any] = {
     "overwrite": typer.Option(False, help="Replace a non-empty --out folder."),
     "quiet": typer.Option(False, help="No progress output."),
 }  # fmt: skip
+# Export (reconstruct, run, demo): how the mesh and splats are written (recon.asset.ExportConfig). None =
+# not given, so a --config file's "mesh" section or the default applies.
+OPTIONS.update({
+    "faces": typer.Option(
+        None, min=0, rich_help_panel=EXPORT_PANEL,
+        help="Face budget of the mesh: quadric decimation to at most this many (default 50000; 0 = all).",
+    ),
+    "texture_size": typer.Option(
+        None, min=16, max=8192, rich_help_panel=EXPORT_PANEL,
+        help="Side of the baked base-colour texture in texels (default 2048).",
+    ),
+    "vertex_colors": typer.Option(
+        None, "--vertex-colors/--texture", show_default=False, rich_help_panel=EXPORT_PANEL,
+        help="Per-vertex colour instead of a UV texture (default: textured).",
+    ),
+    "splat_format": typer.Option(
+        None, rich_help_panel=EXPORT_PANEL,
+        help="Splat file: ply (standard 3DGS), splat (antimatter15) or ply-compressed (SuperSplat).",
+    ),
+})  # fmt: skip
+EXPORT_NAMES = ("faces", "texture_size", "vertex_colors", "splat_format")
 # `run` has two seeds: --seed is generation's (as in `generate`), this one the reconstruction's.
 OPTIONS["run_fit_seed"] = typer.Option(
     None, "--fit-seed", min=0, max=MAX_SEED, rich_help_panel=FIT_PANEL,
@@ -574,6 +596,11 @@ ORBIT_NAMES = ("elevation", "radius", "fov", "start_azimuth", "direction", "full
 def orbit_options(params: dict[str, Any]) -> dict[str, object]:
     """The orbit options of a command's parameters (None = take the preset / generation.json / config)."""
     return {name: params[name] for name in ORBIT_NAMES}
+
+
+def export_options(params: dict[str, Any]) -> dict[str, object]:
+    """The export options of a command's parameters (None = take the config file's or the default)."""
+    return {name: params[name] for name in EXPORT_NAMES}
 
 
 def fit_options(params: dict[str, Any], seed_name: str = "seed") -> dict[str, object]:
@@ -863,6 +890,10 @@ def reconstruct(
     device: str = OPTIONS["device"],
     overwrite: bool = OPTIONS["overwrite"],
     quiet: bool = OPTIONS["quiet"],
+    faces: int | None = OPTIONS["faces"],
+    texture_size: int | None = OPTIONS["texture_size"],
+    vertex_colors: bool | None = OPTIONS["vertex_colors"],
+    splat_format: str | None = OPTIONS["splat_format"],
 ) -> None:
     """Fit Gaussian splats to an orbit with known poses and export splats, meshes and a turntable preview."""
     from recon import api
@@ -872,7 +903,7 @@ def reconstruct(
     with staged_output(out, overwrite) as tmp:
         report = api.reconstruct(
             input, tmp, orbit_options(params), fit_options(params), preset, config, engine,
-            progress=not quiet, log=_logger(quiet),
+            progress=not quiet, log=_logger(quiet), export_options=export_options(params),
         )  # fmt: skip
     print_outputs(out, report)
 
@@ -885,7 +916,9 @@ def print_outputs(out: Path, report: dict[str, object]) -> None:
     if "gaussians" in report:
         psnr = report["psnr"]["mean"]  # type: ignore[index]
         typer.echo(f"{report['gaussians']} gaussians, mean training PSNR {psnr:.2f} dB")
-    for name in ("mesh.glb", "splats.ply", "mesh.ply", "mesh.obj", "preview.mp4", "report.json"):
+    names = ("mesh.glb", "splats.ply", "splats.splat", "splats.compressed.ply", "mesh.ply", "mesh.obj",
+             "mesh.mtl", "preview.mp4", "report.json")  # fmt: skip
+    for name in names:
         if (out / name).is_file():
             typer.echo(f"{name:>12}: {out / name}")
 
@@ -897,12 +930,17 @@ def demo(
     device: str = OPTIONS["device"],
     overwrite: bool = OPTIONS["overwrite"],
     quiet: bool = OPTIONS["quiet"],
+    faces: int | None = OPTIONS["faces"],
+    texture_size: int | None = OPTIONS["texture_size"],
+    vertex_colors: bool | None = OPTIONS["vertex_colors"],
+    splat_format: str | None = OPTIONS["splat_format"],
 ) -> None:
-    """Reconstruct the bundled example orbit (no weights needed): .glb, .ply and a preview in a minute."""
+    """Reconstruct the bundled example orbit (no weights needed): textured .glb, .ply and a preview."""
     from recon import api
 
+    exports = export_options(locals())
     with staged_output(out, overwrite) as tmp:
-        report = api.demo(tmp, device, progress=not quiet, log=_logger(quiet))
+        report = api.demo(tmp, device, progress=not quiet, log=_logger(quiet), export_options=exports)
     print_outputs(out, report)
 
 
@@ -945,6 +983,10 @@ def run(
     device: str = OPTIONS["device"],
     overwrite: bool = typer.Option(False, help="Replace a non-empty --out that is not a run folder."),
     quiet: bool = OPTIONS["quiet"],
+    faces: int | None = OPTIONS["faces"],
+    texture_size: int | None = OPTIONS["texture_size"],
+    vertex_colors: bool | None = OPTIONS["vertex_colors"],
+    splat_format: str | None = OPTIONS["splat_format"],
 ) -> None:
     """Image + text -> orbit video -> splats and meshes, in one command.
 
@@ -956,8 +998,9 @@ def run(
     params = locals()
     gen_config = generate_config(params)
     stages = RunStages(
-        gen_config, orbit_options(params), fit_options(params, "fit_seed"), preset, config, engine
-    )
+        gen_config, orbit_options(params), fit_options(params, "fit_seed"), preset, config, engine,
+        export_options(params),
+    )  # fmt: skip
     refuse_overlap(
         out, {"image": image, "checkpoint": ckpt, "prompt file": prompt_file, "config file": config}
     )
@@ -978,15 +1021,7 @@ def run(
 # Generation settings that change no pixel of the frames. They stay out of the fingerprint, so changing
 # one does not redo a 5B-parameter generation: --fps only re-muxes orbit.mp4, the others are memory modes.
 NON_OUTPUT_GENERATE_SETTINGS = frozenset({"progress", "fps", "offload", "vae_tiling"})
-ASSET_FILES = (
-    "report.json",
-    "transforms.json",
-    "splats.ply",
-    "mesh.glb",
-    "mesh.ply",
-    "mesh.obj",
-    "preview.mp4",
-)
+ASSET_FILES = ("report.json", "transforms.json", "mesh.glb", "mesh.ply", "mesh.obj", "preview.mp4")
 SPLATFACTO_ASSET_FILES = ("report.json", "transforms.json", "splats.ply")
 GLB_MAGIC = b"glTF"
 GLB_HEADER_BYTES = 12
@@ -1002,6 +1037,7 @@ class RunStages:
     preset: str | None
     config: Path | None
     engine: str
+    export: dict[str, object]
 
     def generate_key(self) -> str:
         params = {k: v for k, v in vars(self.generate).items() if k not in NON_OUTPUT_GENERATE_SETTINGS}
@@ -1015,7 +1051,7 @@ class RunStages:
         return fingerprint(
             {"orbit": self.orbit, "fit": {**self.fit, "device": device_key(str(self.fit.get("device")))},
              "preset": self.preset, "config": config_text,
-             "engine": self.engine, "video": folder_digest(video_dir / "frames")}
+             "engine": self.engine, "export": self.export, "video": folder_digest(video_dir / "frames")}
         )  # fmt: skip
 
 
@@ -1090,12 +1126,28 @@ def asset_outputs_problem(asset_dir: Path, engine: str) -> str | None:
         problem = file_problem(asset_dir / name)
         if problem:
             return problem
+    listed = json.loads((asset_dir / "report.json").read_text()).get("files", {})
+    for name in listed_files(listed):  # the splat file (its name follows --splat-format), texture, mtl
+        problem = file_problem(asset_dir / name)
+        if problem:
+            return problem
     transforms = json.loads((asset_dir / "transforms.json").read_text())
     for frame in transforms.get("frames", []):
         problem = file_problem(asset_dir / str(frame.get("file_path", "")))
         if problem:
             return problem
     return None
+
+
+def listed_files(files: object) -> list[str]:
+    """Every file name in report.json's (nested) "files" record."""
+    if isinstance(files, str):
+        return [files]
+    if isinstance(files, dict):
+        return [name for value in files.values() for name in listed_files(value)]
+    if isinstance(files, list):
+        return [name for value in files for name in listed_files(value)]
+    return []
 
 
 def remux_orbit(video_dir: Path, fps: int) -> None:
@@ -1166,7 +1218,7 @@ def run_stages(out: Path, stages: RunStages, quiet: bool) -> dict[str, object]:
     with staged_output(asset_dir, True, lock=False) as tmp:
         report = api.reconstruct(
             video_dir, tmp, stages.orbit, stages.fit, stages.preset, stages.config, stages.engine,
-            progress=not quiet, log=log,
+            progress=not quiet, log=log, export_options=stages.export,
         )  # fmt: skip
     state.mark("reconstruct", recon_key)
     return report

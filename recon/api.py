@@ -71,8 +71,12 @@ def reconstruct(
     engine: str = "gsplat",
     progress: bool = True,
     log: Any = print,
+    export_options: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Stages 2 + 3: poses, splat fit, exports (splats.ply, mesh.glb/.ply/.obj, preview.mp4, report.json)."""
+    """Stages 2 + 3: poses, splat fit, exports (splats, mesh.glb/.obj/.ply, preview.mp4, report.json).
+
+    `export_options` are `recon.asset.ExportConfig` keys from the command line (None = not given).
+    """
     from recon.raster import resolve_device
 
     t0 = time.perf_counter()
@@ -83,10 +87,10 @@ def reconstruct(
     # Resolve everything that can be wrong before the slow parts.
     device = resolve_device((fit_options or {}).get("device") or "auto")
     default_preset = "quality" if device.type == "cuda" else "fast"
-    resolve_settings(config_file, None, orbit_options, fit_options, preset, default_preset)
+    resolve_settings(config_file, None, orbit_options, fit_options, preset, default_preset, export_options)
     frames = load_orbit(input_path)
     settings = resolve_settings(
-        config_file, frames.orbit_hints, orbit_options, fit_options, preset, default_preset
+        config_file, frames.orbit_hints, orbit_options, fit_options, preset, default_preset, export_options
     )
     cameras = write_poses(out, frames, settings.orbit)
     t_poses = time.perf_counter() - t0
@@ -99,18 +103,25 @@ def _fit_and_export(
     frames: OrbitFrames, cameras: Cameras, settings: Settings, out: Path, progress: bool, log: Any,
     t_poses: float, t0: float, source: str,
 ) -> dict[str, Any]:  # fmt: skip
-    from recon.export import write_splats_ply
+    from recon.asset import write_asset
     from recon.fit import fit
-    from recon.mesh import front_direction, tsdf_mesh, write_meshes
+    from recon.frames import asset_transform, cameras_to_asset, front_direction
+    from recon.mesh import tsdf_mesh
+    from recon.poses import read_transforms, write_transforms
     from recon.preview import turntable_cameras, write_preview
 
     log(f"fitting {frames.count} frames ({settings.preset} preset, {settings.fit.iterations} iterations)")
     result = fit(frames.frames, cameras, settings.fit, progress=progress, alpha=frames.alpha)
     t1 = time.perf_counter()
-    write_splats_ply(Path(out) / "splats.ply", result.splats)
     log(f"fitted {len(result.splats)} gaussians, mean training PSNR {np.mean(result.psnr):.2f} dB; meshing")
     mesh = tsdf_mesh(result.splats, result.cameras, result.hull, settings.mesh)
-    files = write_meshes(mesh, out, front_direction(cameras))
+    # Export: every file in the asset frame (recon.frames), transforms.json rewritten to match.
+    transform = asset_transform(front_direction(cameras))
+    files, asset = write_asset(out, mesh, result.splats, result.cameras, settings.export, transform)
+    world_cams, names = read_transforms(Path(out) / "transforms.json")
+    write_transforms(
+        Path(out) / "transforms.json", cameras_to_asset(world_cams, transform), names, settings.orbit
+    )
     t2 = time.perf_counter()
     preview_cams = turntable_cameras(
         settings.orbit, result.cameras, 48, max(96, min(256, result.cameras.width))
@@ -127,24 +138,29 @@ def _fit_and_export(
         "preset": settings.preset,
         "orbit": settings.orbit.to_dict(),
         "fit": asdict(settings.fit),
-        "mesh_settings": asdict(settings.mesh),
+        "mesh_settings": {**asdict(settings.mesh), **asdict(settings.export)},
         "background": result.background.report(),
         "hull": {"voxels": int(result.hull.occupancy.sum()), "resolution": settings.fit.hull_resolution},
         "gaussians": len(result.splats),
         "initial_gaussians": settings.fit.init_points,
         "psnr": {"mean": float(np.mean(result.psnr)), "per_view": [round(p, 3) for p in result.psnr]},
         "ssim": {"mean": float(np.mean(result.ssim)), "per_view": [round(s, 4) for s in result.ssim]},
-        "mesh": {"vertices": len(mesh.vertices), "faces": len(mesh.faces)},
+        "mesh": {
+            "vertices": len(asset.mesh.vertices), "faces": len(asset.mesh.faces),
+            "tsdf_faces": len(mesh.faces),
+            "texture_size": None if asset.texture is None else int(asset.texture.shape[0]),
+        },
         "timings_s": {
             "poses": round(t_poses, 2), "fit": round(result.seconds, 2), "mesh": round(t2 - t1, 2),
             "preview": round(t3 - t2, 2), "total": round(time.perf_counter() - t0, 2),
         },
-        "files": {
-            "splats": "splats.ply", "mesh": files, "preview": "preview.mp4", "transforms": "transforms.json",
-        },
+        "files": {**files, "preview": "preview.mp4", "transforms": "transforms.json"},
         "frames_of_reference": {
-            "splats.ply, mesh.ply, transforms.json": "world, +Z up, object at the origin",
-            "mesh.glb, mesh.obj": "glTF: +Y up, the first frame's side of the object facing +Z",
+            "asset frame (every file: mesh.glb, mesh.obj, mesh.ply, splats, transforms.json)": (
+                "+Y up, the first frame's side of the object facing +Z, object at the origin, world units"
+            ),
+            "world_to_asset": transform.round(9).tolist(),
+            "preview.mp4": "rendered in the orbit's world frame (+Z up); the same views",
         },
     }  # fmt: skip
     (Path(out) / "report.json").write_text(json.dumps(report, indent=2))
@@ -206,9 +222,12 @@ def _splatfacto(out: Path, settings: Settings, log: Any) -> dict[str, Any]:
 DEMO_FIT_OPTIONS: dict[str, Any] = {"iterations": 400, "resolution": 96}
 
 
-def demo(out: Path, device: str = "auto", progress: bool = True, log: Any = print) -> dict[str, Any]:
-    """Reconstruct the bundled orbit with a fast preset (no weights, any device)."""
+def demo(
+    out: Path, device: str = "auto", progress: bool = True, log: Any = print,
+    export_options: dict[str, Any] | None = None,
+) -> dict[str, Any]:  # fmt: skip
+    """Reconstruct the bundled orbit with a fast preset (no weights, any device); textured glb by default."""
     return reconstruct(
         demo_video(), out, fit_options={"device": device, **DEMO_FIT_OPTIONS}, preset="fast",
-        progress=progress, log=log,
+        progress=progress, log=log, export_options=export_options,
     )  # fmt: skip

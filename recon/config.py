@@ -3,7 +3,11 @@
 All files share one JSON schema (any subset of the keys; keys starting with "_" are comments)::
 
     {"preset": "fast" | "quality", "orbit": {OrbitConfig keys}, "fit": {FitConfig keys},
-     "mesh": {MeshConfig keys}}
+     "mesh": {MeshConfig keys and ExportConfig keys}}
+
+The "mesh" section holds both how the surface is extracted (`recon.mesh.MeshConfig`) and how the asset
+is written (`recon.asset.ExportConfig`: faces, texture_size, vertex_colors, splat_format, ...); each key
+goes to the dataclass that has it.
 
 Precedence, lowest first: dataclass defaults < built-in presets (`recon/assets/orbit_droplet3d.json`, and
 `recon_<preset>.json`) < the input's own record (a generate folder's generation.json "orbit") <
@@ -14,11 +18,12 @@ install finds them; `configs/` in the repository holds user-facing copies (a tes
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from recon.asset import ExportConfig
 from recon.errors import ReconError
 from recon.fit import FitConfig
 from recon.mesh import MeshConfig
@@ -93,6 +98,19 @@ class Settings:
     fit: FitConfig
     mesh: MeshConfig
     preset: str
+    export: ExportConfig = field(default_factory=ExportConfig)
+
+
+EXPORT_KEYS = frozenset(f.name for f in fields(ExportConfig))
+
+
+def split_mesh_section(data: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A "mesh" section's keys for MeshConfig and for ExportConfig (unknown keys stay with MeshConfig,
+    whose error then lists them)."""
+    return (
+        {k: v for k, v in data.items() if k not in EXPORT_KEYS},
+        {k: v for k, v in data.items() if k in EXPORT_KEYS},
+    )
 
 
 def resolve_orbit(
@@ -113,6 +131,7 @@ def resolve_settings(
     fit_cli: dict[str, Any] | None = None,
     preset: str | None = None,
     default_preset: str = "fast",
+    export_cli: dict[str, Any] | None = None,
 ) -> Settings:
     """Every setting for a reconstruction (precedence in the module docstring)."""
     config = read_config(config_file) if config_file is not None else {}
@@ -122,8 +141,14 @@ def resolve_settings(
         raise ReconError(f"--preset must be one of {', '.join(PRESETS)}, got {name!r}")
     data = read_config(asset_path(f"recon_{name}.json"))
     fit = FitConfig().updated(data.get("fit", {}), f"{name} preset fit")
-    mesh = MeshConfig().updated(data.get("mesh", {}), f"{name} preset mesh")
+    preset_mesh, preset_export = split_mesh_section(data.get("mesh", {}))
+    config_mesh, config_export = split_mesh_section(config.get("mesh", {}))
+    mesh = MeshConfig().updated(preset_mesh, f"{name} preset mesh")
+    export = ExportConfig().updated(preset_export, f"{name} preset mesh")
     fit = fit.updated(config.get("fit", {}), "config fit")
-    mesh = mesh.updated(config.get("mesh", {}), "config mesh")
+    mesh = mesh.updated(config_mesh, "config mesh")
+    export = export.updated(config_export, "config mesh")
     fit = fit.updated({k: v for k, v in (fit_cli or {}).items() if v is not None}, "fit option")
-    return Settings(orbit, check_ranges("fit", fit).validate(), check_ranges("mesh", mesh), name)
+    export = export.updated({k: v for k, v in (export_cli or {}).items() if v is not None}, "export option")
+    fit = check_ranges("fit", fit).validate()
+    return Settings(orbit, fit, check_ranges("mesh", mesh), name, export.validate())

@@ -4,7 +4,15 @@ Layout, one binary little-endian float32 vertex element per gaussian, in this or
 ``x y z nx ny nz f_dc_0..2 f_rest_0..(3*(K-1)-1) opacity scale_0..2 rot_0..3`` where the values are
 raw parameters: log scales, logit opacity, an unnormalised wxyz quaternion, and SH coefficients with
 ``f_rest`` stored channel-major (all red coefficients, then green, then blue), as 3DGS writes them.
-Normals are zero (3DGS writes them too). Coordinates are the world frame of transforms.json (+Z up).
+Normals are zero (3DGS writes them too). Coordinates are whatever frame the splats are in; the
+exporter (`recon.asset`) passes them in the asset frame of `recon.frames`, shared with the mesh and
+transforms.json.
+
+`write_splats` also writes gsplat's two other formats through gsplat's own `export_splats`:
+``splat`` (antimatter15's viewer: positions, scales, 8-bit colour and rotation; SH degree 0 only) and
+``ply-compressed`` (SuperSplat's chunked, quantised ply). gsplat's plain "ply" is not used for the
+standard file: gsplat 1.5.3 omits the ``nx ny nz`` properties of the 3DGS layout, which INRIA-derived
+readers index by position.
 """
 
 from __future__ import annotations
@@ -13,7 +21,16 @@ from pathlib import Path
 
 import numpy as np
 
+from recon.errors import ReconError
 from recon.fit import Splats
+
+# --splat-format value -> (file name, gsplat export_splats format or None for our 3DGS writer).
+SPLAT_FILES = {
+    "ply": ("splats.ply", None),
+    "splat": ("splats.splat", "splat"),
+    "ply-compressed": ("splats.compressed.ply", "ply_compressed"),
+}
+SPLAT_FORMATS = tuple(SPLAT_FILES)
 
 
 def splat_ply_fields(sh_degree: int) -> list[str]:
@@ -46,3 +63,22 @@ def write_splats_ply(path: Path, splats: Splats) -> None:
     with open(path, "wb") as fh:
         fh.write(("\n".join(header) + "\n").encode("ascii"))
         fh.write(np.ascontiguousarray(data).tobytes())
+
+
+def write_splats(out_dir: Path, splats: Splats, splat_format: str) -> str:
+    """Write `splats` into `out_dir` in `splat_format` (see `SPLAT_FILES`); returns the file name."""
+    if splat_format not in SPLAT_FILES:
+        raise ReconError(f"splat-format must be one of {', '.join(SPLAT_FORMATS)}, got {splat_format!r}")
+    name, gsplat_format = SPLAT_FILES[splat_format]
+    path = Path(out_dir) / name
+    if gsplat_format is None:
+        write_splats_ply(path, splats)
+        return name
+    from gsplat.exporter import export_splats
+
+    export_splats(
+        splats.means.detach().cpu(), splats.scales.detach().cpu(), splats.quats.detach().cpu(),
+        splats.opacities.detach().cpu(), splats.sh0.detach().cpu(), splats.shN.detach().cpu(),
+        format=gsplat_format, save_to=str(path),
+    )  # fmt: skip
+    return name

@@ -6,17 +6,13 @@ with trimesh: faces outside the silhouette visual hull go, and only the largest 
 component(s) stay, so no background shell or floater survives. Background pixels (alpha < 0.5) are
 integrated as infinitely far, so their rays carve the space in front of them.
 
-Frames of the written files:
-
-* ``mesh.ply``: world frame of transforms.json / splats.ply (+Z up).
-* ``mesh.glb`` and ``mesh.obj``: glTF convention, +Y up, and the object's front -- the side the first
-  frame shows -- facing +Z (toward a default glTF viewer's camera).
+The mesh stays in the fitting world frame (+Z up); `recon.asset` smooths, decimates, textures and
+writes it in the asset frame of `recon.frames`.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -115,30 +111,3 @@ def clean_mesh(mesh: Any, hull: VisualHull, keep_fraction: float) -> Any:
     sizes = np.array([len(p.faces) for p in parts])
     keep = [p for p, n in zip(parts, sizes, strict=True) if n >= keep_fraction * sizes.max()]
     return trimesh.util.concatenate(keep)
-
-
-def world_to_gltf(front: np.ndarray) -> np.ndarray:
-    """4x4 rotation taking our world (+Z up) to glTF (+Y up) with the horizontal `front` onto +Z."""
-    up = np.array([0.0, 0.0, 1.0])
-    f = np.array([front[0], front[1], 0.0])
-    f /= np.linalg.norm(f)
-    m = np.eye(4)
-    m[:3, :3] = np.stack([np.cross(up, f), up, f])  # rows: glTF x, y, z in world coordinates
-    return m
-
-
-def front_direction(cameras: Cameras) -> np.ndarray:
-    """Horizontal direction from the object toward the first camera: the side frame 0 shows."""
-    p = cameras.c2w[0, :3, 3]
-    return np.array([p[0], p[1], 0.0]) / max(1e-9, float(np.hypot(p[0], p[1])))
-
-
-def write_meshes(mesh: Any, out_dir: Path, front: np.ndarray) -> dict[str, str]:
-    """mesh.ply (world frame), mesh.glb and mesh.obj (glTF frame); returns the file names."""
-    out_dir = Path(out_dir)
-    mesh.export(out_dir / "mesh.ply")
-    gltf = mesh.copy()
-    gltf.apply_transform(world_to_gltf(front))
-    gltf.export(out_dir / "mesh.glb")
-    gltf.export(out_dir / "mesh.obj", include_color=True)
-    return {"ply": "mesh.ply", "glb": "mesh.glb", "obj": "mesh.obj"}

@@ -10,7 +10,9 @@ formulas directly, not from `recon.poses`, so the tests can check one against th
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -22,7 +24,7 @@ class Box:
     center: tuple[float, float, float]
     half: tuple[float, float, float]
     color: tuple[float, float, float]
-    checker: float = 0.0  # cells per unit of a 3D checker texture (0: the smooth pattern only)
+    checker: float = 0.0  # cells per unit of a 3D checker texture on this primitive (0: none)
 
 
 @dataclass
@@ -116,16 +118,41 @@ def pattern(points: np.ndarray) -> np.ndarray:
     return 0.9 + 0.15 * np.sin(7.0 * x + 2.0) * np.sin(7.0 * y + 1.0) * np.cos(6.0 * z)
 
 
-def checker(points: np.ndarray, cells_per_unit: float) -> np.ndarray:
-    """A 3D checker texture in {0.55, 1.0}, [n]: sharp edges that only a texture (not vertex colour) keeps."""
-    cells = np.floor(points * cells_per_unit).astype(np.int64).sum(axis=1)
-    return np.where(cells % 2 == 0, 1.0, 0.55)
+Pattern = Callable[[np.ndarray], np.ndarray]
+
+# Period of `fine_pattern`'s checker, world units: cells of 0.04 are 2-3 faces across on a 50k-face
+# mesh of this object, so per-vertex colour cannot hold them and a texture can.
+FINE_PERIOD = 0.08
+CHECKER_DARK, CHECKER_LIGHT = 0.55, 1.05
+
+
+def checker(period: float) -> Pattern:
+    """A 3D checker brightness pattern in {0.55, 1.05} with cells of `period` / 2 (axis-aligned)."""
+
+    def shading(points: np.ndarray) -> np.ndarray:
+        cells = np.floor(points / (period / 2)).astype(np.int64).sum(axis=1)
+        return np.where(cells % 2 == 0, CHECKER_LIGHT, CHECKER_DARK)
+
+    return shading
+
+
+def fine_pattern(points: np.ndarray) -> np.ndarray:
+    """The export benchmark's high-frequency pattern: `checker(FINE_PERIOD)`; the tests keep `pattern`."""
+    return checker(FINE_PERIOD)(points)
 
 
 def ray_cast(
-    origins: np.ndarray, dirs: np.ndarray, scene: list[Box | Sphere], background: np.ndarray | None = None
+    origins: np.ndarray,
+    dirs: np.ndarray,
+    scene: list[Box | Sphere],
+    shading: Pattern = pattern,
+    background: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Colour [n, 3] (`background` where missed) and hit distance [n] (inf where missed)."""
+    """Colour [n, 3] (`background` where missed) and hit distance [n] (inf where missed).
+
+    `shading` is the brightness pattern painted on every surface (`pattern` or `fine_pattern`); a
+    primitive's own `checker` multiplies it.
+    """
     best_t = np.full(len(origins), np.inf)
     color = np.tile(BACKGROUND if background is None else np.asarray(background), (len(origins), 1))
     light = np.array([0.4, -0.3, 0.85])
@@ -139,9 +166,9 @@ def ray_cast(
             continue
         best_t = np.where(closer, t, best_t)
         points = origins[closer] + t[closer, None] * dirs[closer]
-        shade = (0.45 + 0.55 * np.clip(normal[closer] @ light, 0.0, 1.0)) * pattern(points)
+        shade = (0.45 + 0.55 * np.clip(normal[closer] @ light, 0.0, 1.0)) * shading(points)
         if prim.checker > 0:
-            shade = shade * checker(points, prim.checker)
+            shade = shade * checker(2.0 / prim.checker)(points)
         color[closer] = np.clip(np.asarray(prim.color) * shade[:, None], 0.0, 1.0)
     return color, best_t
 
@@ -168,6 +195,7 @@ def render(
     scene: list[Box | Sphere] | None = None,
     supersample: int = 3,
     background: np.ndarray | tuple | None = None,
+    shading: Pattern = pattern,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Render views [n, size, size, 3] uint8 and z-depth [n, size, size] (inf = background).
 
@@ -190,17 +218,23 @@ def render(
         for sy in range(supersample):
             for sx in range(supersample):
                 off = ((sx + 0.5) / supersample, (sy + 0.5) / supersample)
-                acc += _cast_view(m, focal, size, off, scene, bg_image)[0]
+                acc += _cast_view(m, focal, size, off, scene, bg_image, shading)[0]
         images.append(
             np.round(np.clip(acc / supersample**2, 0, 1) * 255).reshape(size, size, 3).astype(np.uint8)
         )
-        _, t, zdir = _cast_view(m, focal, size, (0.5, 0.5), scene, bg_image)
+        _, t, zdir = _cast_view(m, focal, size, (0.5, 0.5), scene, bg_image, shading)
         depths.append((t * zdir).reshape(size, size))
     return np.stack(images), np.stack(depths)
 
 
 def _cast_view(
-    m: np.ndarray, focal: float, size: int, off: tuple[float, float], scene: list, bg_image: np.ndarray
+    m: np.ndarray,
+    focal: float,
+    size: int,
+    off: tuple[float, float],
+    scene: list,
+    bg_image: np.ndarray,
+    shading: Pattern = pattern,
 ) -> tuple:
     j, i = np.meshgrid(np.arange(size) + off[0], np.arange(size) + off[1])
     cam = np.stack([(j - size / 2) / focal, -(i - size / 2) / focal, -np.ones_like(j)], -1).reshape(-1, 3)
@@ -208,7 +242,7 @@ def _cast_view(
     dirs = cam @ m[:3, :3].T
     dirs /= np.linalg.norm(dirs, axis=1, keepdims=True)
     origins = np.broadcast_to(m[:3, 3], dirs.shape)
-    color, t = ray_cast(np.ascontiguousarray(origins), dirs, scene)
+    color, t = ray_cast(np.ascontiguousarray(origins), dirs, scene, shading)
     color = np.where(np.isinf(t)[:, None], bg_image, color)
     return color, t, zdir
 
@@ -251,3 +285,89 @@ def sample_surface(scene: list[Box | Sphere] | None = None, n: int = 100_000, se
         points.append(p)
     pts = np.concatenate(points)
     return pts[~inside(pts, scene, eps=1e-6)]
+
+
+def surface_normals(points: np.ndarray, scene: list[Box | Sphere] | None = None) -> np.ndarray:
+    """Outward unit normals [n, 3] of the true surface at points on (or near) it.
+
+    Each point takes the normal of the primitive whose surface is nearest: radial for a sphere, the
+    nearest face's axis for a box. Used to measure how faithful exported mesh normals are.
+    """
+    scene = default_scene() if scene is None else scene
+    best = np.full(len(points), np.inf)
+    normals = np.zeros_like(points, dtype=np.float64)
+    for prim in scene:
+        rel = points - np.asarray(prim.center)
+        if isinstance(prim, Sphere):
+            r = np.linalg.norm(rel, axis=1)
+            dist = np.abs(r - prim.radius)
+            n = rel / np.maximum(r, 1e-12)[:, None]
+        else:
+            gap = np.abs(np.abs(rel) - np.asarray(prim.half))  # distance to each face pair's plane
+            outside = np.clip(np.abs(rel) - np.asarray(prim.half), 0, None)
+            axis = gap.argmin(axis=1)
+            rows = np.arange(len(points))
+            dist = np.sqrt((outside**2).sum(1) - outside[rows, axis] ** 2 + gap[rows, axis] ** 2)
+            n = np.zeros_like(rel)
+            n[rows, axis] = np.sign(rel[rows, axis])
+        closer = dist < best
+        best = np.where(closer, dist, best)
+        normals[closer] = n[closer]
+    return normals
+
+
+def triangle_mesh(subdivisions: int = 4) -> Any:
+    """The object as a trimesh (body box, head sphere, nose box; parts overlap, inner faces kept).
+
+    Grey vertex colours; used as an exact mesh by the export tests and benchmark.
+    """
+    import trimesh
+
+    parts = []
+    for prim in default_scene():
+        if isinstance(prim, Sphere):
+            part = trimesh.creation.icosphere(subdivisions=subdivisions, radius=prim.radius)
+        else:
+            part = trimesh.creation.box(extents=2 * np.asarray(prim.half))
+            for _ in range(subdivisions):
+                part = part.subdivide()
+        part.apply_translation(prim.center)
+        parts.append(part)
+    mesh = trimesh.util.concatenate(parts)
+    mesh.visual.vertex_colors = np.full((len(mesh.vertices), 4), 200, np.uint8)
+    return mesh
+
+
+def surface_splats(
+    shading: Pattern = pattern, seed: int = 0, count: int = 10_000, scale: float = 0.012
+) -> Any:
+    """`recon.fit.Splats` of an ideal fit: flat gaussians (`scale` wide, a sixth as thick) on the true
+    surface, coloured like the ray caster (SH degree 1, no view dependence).
+
+    Lets the export be tested and benchmarked on a source with known detail, independent of the fit.
+    """
+    import torch
+
+    from recon.fit import Splats
+    from recon.frames import rotation_to_quaternion
+
+    points = sample_surface(n=count, seed=seed)
+    normals = surface_normals(points)
+    origins = points + 1e-3 * normals  # cast back onto the surface to get the ray caster's own colour
+    with np.errstate(invalid="ignore"):  # axis-aligned rays: the ray caster multiplies inf by 0
+        colors, _ = ray_cast(origins, -normals, default_scene(), shading)
+    # Orientation: a rotation whose third axis is the normal (the thin axis).
+    helper = np.where(np.abs(normals[:, :1]) < 0.9, [[1.0, 0, 0]], [[0, 1.0, 0]])
+    u = np.cross(normals, helper)
+    u /= np.linalg.norm(u, axis=1, keepdims=True)
+    rot = np.stack([u, np.cross(normals, u), normals], -1)
+    quats = torch.tensor(np.stack([rotation_to_quaternion(r) for r in rot]), dtype=torch.float32)
+    n = len(points)
+    return Splats(
+        means=torch.tensor(points, dtype=torch.float32),
+        scales=torch.log(torch.tensor([[scale, scale, scale / 6]]).repeat(n, 1)),
+        quats=quats, opacities=torch.full((n,), 4.0),
+        sh0=torch.tensor((colors - 0.5) / 0.28209479177387814, dtype=torch.float32)[:, None],
+        shN=torch.zeros(n, 3, 3), sh_degree=1,
+        background=torch.tensor(BACKGROUND, dtype=torch.float32),
+    )  # fmt: skip

@@ -13,9 +13,11 @@ import torch
 from recon_helpers import chamfer_l1, orbit_frames, read_binary_ply
 
 from recon import synthetic
+from recon.asset import ExportConfig, write_asset
 from recon.export import splat_ply_fields, write_splats_ply
 from recon.fit import FitConfig, fit, psnr
-from recon.mesh import MeshConfig, front_direction, tsdf_mesh, write_meshes
+from recon.frames import asset_transform, front_direction
+from recon.mesh import MeshConfig, tsdf_mesh
 from recon.poses import Cameras, OrbitConfig, orbit_cameras
 
 SIZE, VIEWS = 64, 24
@@ -30,8 +32,10 @@ def fitted(tmp_path_factory: pytest.TempPathFactory):
     result = fit(frames, cams, cfg, progress=False, train_index=train)
     mesh = tsdf_mesh(result.splats, result.cameras, result.hull, MeshConfig(voxels=128, render_size=96))
     out = tmp_path_factory.mktemp("fit")
+    small = ExportConfig(faces=20_000, vertex_colors=True, bake_size=96, bake_ring_views=4)
+    write_asset(out, mesh, result.splats, result.cameras, small, asset_transform(front_direction(cams)))
+    # The writer itself, on the raw (world-frame) splats, for the round-trip test below.
     write_splats_ply(out / "splats.ply", result.splats)
-    write_meshes(mesh, out, front_direction(cams))
     return {"frames": frames, "cams": cams, "train": train, "result": result, "mesh": mesh, "out": out}
 
 
@@ -101,7 +105,7 @@ def test_glb_is_upright_and_faces_plus_z(fitted) -> None:
     scene = trimesh.load(fitted["out"] / "mesh.glb")
     mesh = scene.to_geometry() if hasattr(scene, "to_geometry") else scene.dump(concatenate=True)
     v = np.asarray(mesh.vertices)
-    colors = np.asarray(mesh.visual.vertex_colors)[:, :3].astype(float)
+    colors = np.asarray(mesh.visual.vertex_colors)[:, :3].astype(float)  # COLOR_0: linear
     red = (colors[:, 0] > colors[:, 1] + 40) & (colors[:, 0] > colors[:, 2] + 40)  # the head, on top
     blue = (colors[:, 2] > colors[:, 0] + 40) & (colors[:, 2] > colors[:, 1] + 10)  # the body
     green = (colors[:, 1] > colors[:, 0] + 40) & (colors[:, 1] > colors[:, 2] + 20)  # the nose, at the front
@@ -109,8 +113,8 @@ def test_glb_is_upright_and_faces_plus_z(fitted) -> None:
     assert v[red, 1].mean() > v[blue, 1].mean() + 0.2, "the head must be up (+Y in glTF)"
     assert v[green, 2].mean() > 0.3, "the nose (seen in frame 0) must face +Z"
     assert abs(v[green, 0].mean()) < 0.1
-    # mesh.ply stays in the world frame: +Z up, nose toward the first camera (+X).
+    # mesh.ply is in the same asset frame: +Y up, the nose (toward the first camera) on +Z.
     import trimesh as tm
 
-    world = tm.load(fitted["out"] / "mesh.ply")
-    assert world.bounds[1][2] > 0.4 and world.bounds[1][0] > 0.4
+    ply = tm.load(fitted["out"] / "mesh.ply")
+    assert ply.bounds[1][1] > 0.4 and ply.bounds[1][2] > 0.4

@@ -1,0 +1,170 @@
+"""From the fitted splats and their TSDF mesh to the exported asset, in named steps.
+
+1. `smooth_surface`: Taubin smoothing of the dense TSDF mesh (voxel lumps go, the shape stays).
+2. `decimate`: quadric decimation to the face budget (`faces`).
+3. `uv_atlas`: xatlas charts for a `texture_size` texture (skipped with `vertex_colors`).
+4. Colour: the splats are rendered from the training views plus rings above and below, and every texel
+   (or vertex) takes the frontal, unoccluded views' colour (`recon.texture`).
+5. Asset frame: one rotation (`recon.frames`) takes mesh, splats and cameras from the fitting world
+   (+Z up) to glTF's convention (+Y up, first view toward +Z).
+6. Files: mesh.glb, mesh.obj (+ mesh.mtl and the texture), mesh.ply (`recon.mesh_files`), and the
+   splats in `splat_format` (`recon.export`).
+
+The input mesh is whatever `recon.mesh.tsdf_mesh` returns (world frame, vertex colours); this module
+never reaches into how it was made.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from recon.errors import ReconError
+from recon.export import SPLAT_FORMATS, write_splats
+from recon.fit import Splats
+from recon.frames import splats_to_asset
+from recon.mesh_files import colored_mesh, textured_mesh, write_glb, write_obj, write_ply
+from recon.overrides import with_overrides
+from recon.poses import Cameras
+from recon.surface import decimate, smooth_surface, unit_vertex_normals
+from recon.texture import (
+    bake_cameras,
+    fill_unseen_vertices,
+    project_colors,
+    texel_points,
+    texture_image,
+    uv_atlas,
+)
+
+# Smallest face budget and texture that still make a recognisable asset; below that is a typo.
+MIN_FACES = 100
+MIN_TEXTURE_SIZE = 64
+
+
+@dataclass
+class ExportConfig:
+    """How the mesh and splats are written. Keys live in a config file's "mesh" section."""
+
+    # Face budget: quadric decimation down to at most this many faces (0 keeps every TSDF face).
+    faces: int = 50_000
+    # Side of the square base-colour texture, in texels.
+    texture_size: int = 2048
+    # Per-vertex colour instead of a UV texture (smaller file, far less colour detail).
+    vertex_colors: bool = False
+    # Splat file: "ply" (standard 3DGS, most viewers), "splat" (antimatter15 viewer, SH degree 0),
+    # "ply-compressed" (SuperSplat's compressed ply).
+    splat_format: str = "ply"
+    # Taubin smoothing passes on the TSDF surface (0 = off): removes voxel-scale lumps, keeps volume.
+    smooth_iterations: int = 10
+    # Width of the splat renders colours are projected from; texture detail is capped by it.
+    bake_size: int = 512
+    # Views in each of the two extra bake rings (above and below the orbit), on top of the training views.
+    bake_ring_views: int = 12
+    # At most this many training views (evenly spread over the orbit) are rendered for the bake.
+    bake_orbit_views: int = 36
+    # Power of the cosine weighting of views: higher prefers the most frontal view more strictly.
+    bake_sharpness: float = 8.0
+    # A view sees a surface point when the rendered median depth is within this fraction of the
+    # object's size (bounding-box diagonal) of the point's depth; otherwise the point is occluded.
+    bake_depth_tolerance: float = 0.02
+    # Rendered pixels with less splat coverage are background and give no colour.
+    bake_alpha_min: float = 0.5
+    # glTF roughnessFactor (metallic is always 0): the baked colour already holds the lighting.
+    roughness: float = 0.9
+
+    def validate(self) -> ExportConfig:
+        """Reject values no export can use, naming the option."""
+        if not isinstance(self.faces, int) or (self.faces != 0 and self.faces < MIN_FACES):
+            raise ReconError(f"faces must be 0 (no limit) or an integer >= {MIN_FACES}, got {self.faces!r}")
+        if not isinstance(self.texture_size, int) or self.texture_size < MIN_TEXTURE_SIZE:
+            raise ReconError(
+                f"texture-size must be an integer >= {MIN_TEXTURE_SIZE}, got {self.texture_size!r}"
+            )
+        if self.splat_format not in SPLAT_FORMATS:
+            raise ReconError(
+                f"splat-format must be one of {', '.join(SPLAT_FORMATS)}, got {self.splat_format!r}"
+            )
+        if not isinstance(self.vertex_colors, bool):
+            raise ReconError(f"vertex-colors must be true or false, got {self.vertex_colors!r}")
+        if self.bake_size < 16 or self.bake_orbit_views < 1 or self.smooth_iterations < 0:
+            raise ReconError("bake_size must be >= 16, bake_orbit_views >= 1 and smooth_iterations >= 0")
+        if not 0 <= self.roughness <= 1:
+            raise ReconError(f"roughness must be in 0..1, got {self.roughness!r}")
+        return self
+
+    def updated(self, data: dict[str, Any], where: str = "mesh") -> ExportConfig:
+        """A copy with the keys of `data` replaced; unknown keys are an error (typos must not pass)."""
+        return with_overrides(self, data, where)
+
+
+@dataclass
+class AssetMesh:
+    """The exported mesh, in the asset frame, with what the report and the tests need."""
+
+    mesh: Any  # trimesh.Trimesh, textured or vertex-coloured
+    texture: np.ndarray | None  # [S, S, 3] uint8 sRGB, None with vertex colours
+    vertex_colors: np.ndarray  # [V, 3] uint8 sRGB of the welded (pre-atlas) vertices
+    welded: Any  # trimesh.Trimesh before the UV seams were cut, vertex-coloured
+
+
+def build_asset_mesh(
+    mesh: Any, splats: Splats, cameras: Cameras, cfg: ExportConfig, transform: np.ndarray
+) -> AssetMesh:
+    """Steps 1-5: smooth, decimate, atlas, bake colour, rotate into the asset frame (see the module doc).
+
+    `mesh` and `splats` are in the fitting world frame, `cameras` the training cameras; `transform` is
+    the 4x4 world-to-asset rotation.
+    """
+    cfg.validate()
+    surface = smooth_surface(mesh, cfg.smooth_iterations)
+    if cfg.faces > 0:
+        surface = decimate(surface, cfg.faces)
+    vertices = np.asarray(surface.vertices)
+    normals = unit_vertex_normals(surface)
+    points, point_normals = [vertices], [normals]
+    atlas = covered = None
+    if not cfg.vertex_colors:
+        atlas = uv_atlas(vertices, np.asarray(surface.faces), cfg.texture_size)
+        covered, texels, texel_normals = texel_points(
+            atlas, np.asarray(surface.face_normals), cfg.texture_size
+        )
+        points.append(texels)
+        point_normals.append(texel_normals)
+    size = float(np.linalg.norm(np.ptp(vertices, axis=0)))
+    # One projection pass for vertices and texels together: the splat renders are the slow part.
+    colors, seen = project_colors(
+        np.concatenate(points), np.concatenate(point_normals), splats,
+        bake_cameras(cameras, cfg.bake_size, cfg.bake_ring_views, cfg.bake_orbit_views), cfg.bake_alpha_min,
+        cfg.bake_depth_tolerance * size, cfg.bake_sharpness,
+    )  # fmt: skip
+    n = len(vertices)
+    vertex_colors = fill_unseen_vertices(vertices, colors[:n], seen[:n])
+    rot = transform[:3, :3]
+    welded = colored_mesh(vertices @ rot.T, np.asarray(surface.faces), normals @ rot.T, vertex_colors)
+    if atlas is None:
+        return AssetMesh(welded, None, vertex_colors, welded)
+    texture = texture_image(covered, points[1], colors[n:], seen[n:])
+    out = textured_mesh(
+        atlas.vertices @ rot.T, atlas.faces, atlas.uv, normals[atlas.source] @ rot.T, texture, cfg.roughness
+    )
+    return AssetMesh(out, texture, vertex_colors, welded)
+
+
+def write_asset(
+    out_dir: Path, mesh: Any, splats: Splats, cameras: Cameras, cfg: ExportConfig, transform: np.ndarray
+) -> tuple[dict[str, Any], AssetMesh]:
+    """Steps 1-6: every mesh and splat file into `out_dir`; returns the report's "files" and the mesh."""
+    out_dir = Path(out_dir)
+    asset = build_asset_mesh(mesh, splats, cameras, cfg, transform)
+    write_glb(out_dir / "mesh.glb", asset.mesh)
+    obj_files = write_obj(out_dir / "mesh.obj", asset.mesh)
+    write_ply(out_dir / "mesh.ply", asset.welded)
+    splat_name = write_splats(out_dir, splats_to_asset(splats, transform), cfg.splat_format)
+    files: dict[str, Any] = {
+        "splats": splat_name,
+        "mesh": {"glb": "mesh.glb", "obj": obj_files, "ply": "mesh.ply"},
+    }
+    return files, asset
