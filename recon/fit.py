@@ -45,6 +45,9 @@ from recon.raster import rasterize, resolve_device
 # gsplat's simple_trainer refines every 100 of 30k steps; our runs are 100x shorter, and each refinement
 # needs gradient statistics from several views, so the interval never drops below this many steps.
 MIN_REFINE_EVERY = 10
+# After an opacity reset (to 0.01) the gaussians need on the order of a hundred steps to become opaque
+# again: resets never come closer than this, so an 80-step run has none and still yields a surface.
+MIN_RESET_EVERY = 200
 HULL_PRUNE_DILATE = 2  # voxels of slack around the hull before a gaussian counts as a floater
 FRACTIONS = (
     "refine_start_fraction", "refine_stop_fraction", "refine_every_fraction", "reset_every_fraction",
@@ -82,7 +85,7 @@ class FitConfig:
     refine_start_fraction: float = 0.2  # first densification step
     refine_stop_fraction: float = 0.7  # densify until this fraction of the iterations
     refine_every_fraction: float = 0.05  # interval between densification steps (at least 10 steps)
-    reset_every_fraction: float = 0.3  # opacity resets at multiples of this, before refinement stops
+    reset_every_fraction: float = 0.3  # opacity resets at multiples of this (>= 200 steps), before the stop
     sh_degree_fraction: float = 0.1  # raise the active SH degree every this fraction of the run
     grow_grad2d: float = 0.0002
     max_gaussians: int = 20000  # growth stops here (the CPU rasteriser's cost is linear in it)
@@ -132,7 +135,9 @@ class Schedule:
             refine_stop=round(cfg.refine_stop_fraction * n),
             refine_every=max(MIN_REFINE_EVERY, round(cfg.refine_every_fraction * n)),
             # A fraction of 0 turns resets off.
-            reset_every=max(1, round(cfg.reset_every_fraction * n)) if cfg.reset_every_fraction else n + 1,
+            reset_every=max(MIN_RESET_EVERY, round(cfg.reset_every_fraction * n))
+            if cfg.reset_every_fraction
+            else n + 1,
             sh_degree_every=max(1, round(cfg.sh_degree_fraction * n)),
         )
 

@@ -88,7 +88,9 @@ def assert_files_overlay(out: Path, report: dict) -> None:
     import trimesh
     from recon_helpers import read_binary_ply
 
-    from recon.fit import Splats, estimate_background, project_points, psnr, silhouettes
+    from recon.background import find_background
+    from recon.fit import Splats, psnr
+    from recon.hull import project_points
     from recon.poses import read_transforms
 
     cams, names = read_transforms(out / "transforms.json")
@@ -103,13 +105,13 @@ def assert_files_overlay(out: Path, report: dict) -> None:
         opacities=torch.tensor(ply["opacity"]),
         sh0=torch.tensor(np.stack([ply[f"f_dc_{i}"] for i in range(3)], 1))[:, None],
         shN=torch.tensor(np.ascontiguousarray(rest)), sh_degree=1,
-        background=torch.tensor(report["background"], dtype=torch.float32),
+        background=torch.tensor(report["background"]["color"], dtype=torch.float32),
     )  # fmt: skip
     renders, _ = splats.render(cams)
     aligned = psnr(renders, torch.tensor(images, dtype=torch.float32) / 255.0)
     assert aligned > report["psnr"]["mean"] - 1.0, (aligned, report["psnr"]["mean"])
 
-    masks = silhouettes(images, estimate_background(images), 0.06)
+    masks = find_background(images).masks
     vertices = np.asarray(trimesh.load(out / "mesh.glb").to_geometry().vertices)
     uv, z = project_points(vertices, cams)
     u = np.clip(np.floor(uv[..., 0]), 0, cams.width - 1).astype(int)

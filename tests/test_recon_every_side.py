@@ -121,7 +121,9 @@ def test_schedules_scale_with_the_run() -> None:
     # simple_trainer refines every 100 steps from 500 to 15000 in 30k: no more often than that.
     assert len(long_refines) <= (15_000 - 500) // 100
     assert short.sh_degree(399, 3) == 3 and long.sh_degree(29_999, 3) == 3
-    assert [s for s in range(400) if short.resets(s)] == [120, 240]
+    assert [s for s in range(400) if short.resets(s)] == [200]  # 30% would leave too few steps to recover
+    assert not any(FitConfig(iterations=80).schedule().resets(s) for s in range(80))
+    assert [s for s in range(30_000) if long.resets(s)] == [9000, 18000]
     assert Schedule.for_run(FitConfig(iterations=400, reset_every_fraction=0.0)).resets(120) is False
 
 

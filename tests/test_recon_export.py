@@ -258,8 +258,8 @@ def test_mesh_splats_and_cameras_overlay_in_the_asset_frame(textured, scene) -> 
     from recon_helpers import read_binary_ply
     from scipy.spatial import cKDTree
 
-    from recon.fit import project_points
     from recon.frames import cameras_to_asset
+    from recon.hull import project_points
 
     vertices = np.asarray(trimesh_load(textured["out"] / "mesh.glb").vertices)
     ply = read_binary_ply(textured["out"] / "splats.ply")
