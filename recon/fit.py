@@ -45,6 +45,9 @@ from recon.raster import rasterize, resolve_device
 # gsplat's simple_trainer refines every 100 of 30k steps; our runs are 100x shorter, and each refinement
 # needs gradient statistics from several views, so the interval never drops below this many steps.
 MIN_REFINE_EVERY = 10
+# Colours and opacities need this many steps from the hull initialisation before their gradients say
+# where detail is missing: refining earlier splits gaussians that are merely unsettled.
+MIN_REFINE_START = 50
 # After an opacity reset (to 0.01) the gaussians need on the order of a hundred steps to become opaque
 # again: resets never come closer than this, so an 80-step run has none and still yields a surface.
 MIN_RESET_EVERY = 200
@@ -131,7 +134,7 @@ class Schedule:
     def for_run(cls, cfg: FitConfig) -> Schedule:
         n = cfg.iterations
         return cls(
-            refine_start=round(cfg.refine_start_fraction * n),
+            refine_start=max(MIN_REFINE_START, round(cfg.refine_start_fraction * n)),
             refine_stop=round(cfg.refine_stop_fraction * n),
             refine_every=max(MIN_REFINE_EVERY, round(cfg.refine_every_fraction * n)),
             # A fraction of 0 turns resets off.

@@ -61,7 +61,8 @@ def calls(monkeypatch: pytest.MonkeyPatch) -> Calls:
             mesh.export(out / name)
         mesh.export(out / "splats.ply")
         iio.imwrite(out / "preview.mp4", np.zeros((4, 32, 32, 3), np.uint8), fps=8)
-        report = {"frames": len(names)}
+        files = {"splats": "splats.ply", "mesh": {"glb": "mesh.glb", "obj": "mesh.obj", "ply": "mesh.ply"}}
+        report = {"frames": len(names), "files": files}  # as recon.api lists them
         (out / "report.json").write_text(json.dumps(report))
         return report
 
@@ -168,7 +169,7 @@ def _config(tmp_path: Path, **changes: Any) -> Any:
 
 def _stages(generate: Any, **changes: Any) -> cli.RunStages:
     fields = {"orbit": {"elevation": None}, "fit": {"iterations": None}, "preset": None, "config": None,
-              "engine": "gsplat", **changes}  # fmt: skip
+              "engine": "gsplat", "export": {"faces": None}, **changes}  # fmt: skip
     return cli.RunStages(generate=generate, **fields)
 
 
@@ -177,7 +178,9 @@ OUTPUT_CHANGES = {
     "seed": 7, "device": "cuda", "dtype": "bfloat16", "noise_aug_strength": 0.1, "view_align": True,
     "align_max_area": 512 * 512, "align_steps": 10, "align_auto_resize": False, "negative_prompt": "ugly",
 }  # fmt: skip
-NON_OUTPUT_CHANGES = {"fps": 24, "offload": "sequential", "vae_tiling": True, "progress": False}
+NON_OUTPUT_CHANGES = {
+    "fps": 24, "offload": "sequential", "vae_tiling": True, "progress": False, "compile": True,
+}  # fmt: skip
 
 
 def test_generate_fingerprint_holds_exactly_the_output_changing_settings(tmp_path: Path) -> None:
@@ -220,7 +223,8 @@ def test_reconstruct_fingerprint_follows_every_reconstruction_setting(tmp_path: 
     base = _stages(_config(tmp_path))
     key = base.reconstruct_key(video)
     for change in ({"orbit": {"elevation": 20.0}}, {"fit": {"iterations": 10}}, {"fit": {"seed": 3}},
-                   {"preset": "quality"}, {"config": config}, {"engine": "splatfacto"}):  # fmt: skip
+                   {"preset": "quality"}, {"config": config}, {"engine": "splatfacto"},
+                   {"export": {"faces": 1000}}):  # fmt: skip
         assert _stages(_config(tmp_path), **change).reconstruct_key(video) != key, change
     changed = _stages(_config(tmp_path), config=config).reconstruct_key(video)
     config.write_text('{"mesh": {"voxels": 96}}')
