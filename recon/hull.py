@@ -84,7 +84,7 @@ class VisualHull:
         return math.ceil(0.5 * self.voxel * cameras.fy / max(float(np.median(depths)), 1e-6))
 
     def footprints(self, cameras: Cameras) -> np.ndarray:
-        """[C, H, W] bool: the pixels each camera sees the hull's voxels through (voxels drawn as discs)."""
+        """[C, H, W] bool: the pixels each camera sees the hull's voxel centres through, gaps closed."""
         from scipy import ndimage
 
         points = self.centers(np.argwhere(self.occupancy))
@@ -93,9 +93,12 @@ class VisualHull:
         for c in range(len(cameras)):
             u, v, ok = pixel_index(uv[c], z[c], cameras.width, cameras.height)
             out[c, v[ok], u[ok]] = True
-            radius = self._pixel_radius(cameras, z[c])  # grow each dot to the voxel's size
+            # Close the gaps between the voxel centres' dots (a voxel spans about 2 * radius pixels)
+            # without growing the footprint past the outermost centres: pixels just outside the object's
+            # outline must stay free for the alpha penalty, or the surface swells by a voxel.
+            radius = self._pixel_radius(cameras, z[c])
             if radius > 0:
-                out[c] = ndimage.binary_dilation(out[c], iterations=radius)
+                out[c] = ndimage.binary_closing(out[c], iterations=radius)
         return out
 
 
