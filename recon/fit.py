@@ -277,7 +277,8 @@ def _init_points(
     else:
         lo, hi = hull.bounds()
         pts = rng.uniform(lo - hull.voxel, hi + hull.voxel, size=(cfg.init_points, 3))
-        pts = pts[hull.contains(pts, dilate=1)] if hull.contains(pts, dilate=1).any() else pts
+        inside = hull.contains(pts, dilate=1)
+        pts = pts[inside] if inside.any() else pts
     # Colour: median over the views where the point lands on the object.
     uv, _ = project_points(pts, cameras)
     h, w = masks.shape[1:]
