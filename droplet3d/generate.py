@@ -38,6 +38,16 @@ from droplet3d.pipeline import (
     PipelineOutput,
     full_prompt,
 )
+from droplet3d.prepare import (
+    ALIGNED_LABEL,
+    DEFAULT_BACKGROUND,
+    DEFAULT_FILL,
+    PrepareConfig,
+    after_alignment_config,
+    load_segmenter,
+    prepare,
+    validate_prepare,
+)
 
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 OFFLOAD_MODES = ("none", "model", "sequential")
@@ -76,13 +86,29 @@ class GenerateConfig:
     # after a compile of ~16 s (~10 s with inductor's on-disk cache warm). Off by default: for one
     # video the compile costs about what it saves (50 steps: 123.8 s vs 123.3 s; RESULTS.md, "GPU").
     compile: bool = False
+    # Input preparation (droplet3d/prepare.py): what the image is composited over, whether and how its
+    # background is removed, and how the object is framed. Defaults give the published example's look.
+    background: str = DEFAULT_BACKGROUND  # black | white | grey
+    remove_background: bool = False
+    segmenter: Path | None = None  # U^2-Net .onnx file or folder; None: border flood fill
+    recentre: bool = True
+    fill: float = DEFAULT_FILL
+
+    def prepare_config(self) -> PrepareConfig:
+        """The preparation settings, sized to this run's frames."""
+        return PrepareConfig(
+            width=self.width, height=self.height, background=self.background,
+            remove_background=self.remove_background, segmenter=self.segmenter, recentre=self.recentre,
+            fill=self.fill,
+        )  # fmt: skip
 
 
 @dataclass
 class GenerateResult:
     frames: np.ndarray  # [F, H, W, 3] uint8, the orbit
     record: dict = field(default_factory=dict)
-    aligned_image: Image.Image | None = None  # the view-aligned input that conditioned the video
+    aligned_image: Image.Image | None = None  # FLUX.1-Kontext's output (before it is prepared again)
+    conditioning_image: Image.Image | None = None  # the exact frame 0 the video was conditioned on
 
 
 # The most frame pixels one generation may ask for: the paper's 85 frames at 1024x1024. Beyond it the
@@ -95,6 +121,8 @@ MAX_PROMPT_CHARS = 32_000
 # The largest image we decode: PIL's own bomb threshold is 2x its MAX_IMAGE_PIXELS (~179 MP); a photo
 # of an object is a few MP, so anything near that is a mistake or a decompression bomb.
 MAX_IMAGE_PIXELS = 64 * 1024 * 1024
+# The exact image frame 0 of the video is conditioned on, after preparation (and view alignment).
+CONDITIONING_FILE = "conditioning.png"
 
 
 def _require_finite(name: str, value: float) -> None:
@@ -145,6 +173,7 @@ def validate(config: GenerateConfig) -> None:
             f"tokens (a few thousand characters), so at most {MAX_PROMPT_CHARS} are accepted"
         )
     resolve_device(config.device)
+    validate_prepare(config.prepare_config())
 
 
 def resolve_device(device: str) -> torch.device:
@@ -182,7 +211,10 @@ def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
 
 
 def load_image(path: Path) -> Image.Image:
-    """The conditioning image as RGB; its size is checked from the header before any decoding."""
+    """The conditioning image as RGB, or RGBA when it has transparency (prepare.py composites it).
+
+    Its size is checked from the header before any decoding.
+    """
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own limit is lower
@@ -194,7 +226,7 @@ def load_image(path: Path) -> Image.Image:
                     f"image {path} is {image.width}x{image.height} ({pixels / 1e6:.0f} Mpx); the limit is "
                     f"{MAX_IMAGE_PIXELS / 1e6:.0f} Mpx (it is resized to --height x --width anyway)"
                 )
-            return image.convert("RGB")
+            return image.convert("RGBA" if image.has_transparency_data else "RGB")
     except FileNotFoundError as exc:
         raise Droplet3DError(f"image {path} does not exist") from exc
     except (UnidentifiedImageError, Image.DecompressionBombError, OSError) as exc:
@@ -309,18 +341,28 @@ def generate(config: GenerateConfig, warn: Callable[[str], None] = print) -> Gen
     device = resolve_device(config.device)
     dtype = resolve_dtype(config.dtype, device)
     paths = resolve_checkpoint(config.ckpt, view_align=config.view_align)
-    image = load_image(config.image)
     timer = StageTimer(device, announce=config.progress)
+    with timer("prepare"):
+        prep_config = config.prepare_config()
+        segmenter = load_segmenter(prep_config)
+        prepared = prepare(load_image(config.image), prep_config, segmenter)
+    preparation = {"input": prepared.record}
+    image = prepared.image
     aligned = None
 
     with cuda_oom_as_error():
         if config.view_align:
             with timer("view_align"):
                 aligned = run_view_alignment(image, config, paths, dtype, device)
-            image = aligned
             gc.collect()
             if device.type == "cuda":
                 torch.cuda.empty_cache()
+            with timer("prepare_aligned"):
+                realigned = prepare(aligned, after_alignment_config(prep_config, prepared), segmenter,
+                                    label=ALIGNED_LABEL)  # fmt: skip
+            preparation["view_aligned"] = realigned.record
+            image = realigned.image
+        del segmenter
 
         with timer("load"), loading_bars(config.progress):  # --quiet silences transformers' bar too
             pipe = load_pipeline(paths, dtype, device, config.offload)
@@ -381,6 +423,8 @@ def generate(config: GenerateConfig, warn: Callable[[str], None] = print) -> Gen
         "decoded_frames": int(decoded.shape[2]),
         "frames_dropped": int(surplus),
         "view_aligned": aligned is not None,
+        "preparation": preparation,
+        "conditioning_image": CONDITIONING_FILE,
         "speedups": speedups,
         "timings_s": timer.seconds,
         "peak_gpu_memory_gb": (
@@ -388,7 +432,7 @@ def generate(config: GenerateConfig, warn: Callable[[str], None] = print) -> Gen
         ),
         "versions": package_versions(),
     }
-    return GenerateResult(frames=frames, record=record, aligned_image=aligned)
+    return GenerateResult(frames=frames, record=record, aligned_image=aligned, conditioning_image=image)
 
 
 def write_orbit_video(frames: list[np.ndarray], path: Path, fps: int) -> None:
@@ -399,7 +443,7 @@ def write_orbit_video(frames: list[np.ndarray], path: Path, fps: int) -> None:
 
 
 def write_outputs(result: GenerateResult, out_dir: Path, fps: int, progress: bool = True) -> None:
-    """frames/00000.png..., orbit.mp4, generation.json and (if any) aligned_input.png into out_dir."""
+    """frames/00000.png..., orbit.mp4, generation.json, conditioning.png and (if any) aligned_input.png."""
     frames_dir = out_dir / "frames"
     frames_dir.mkdir(parents=True, exist_ok=True)
     for i, frame in enumerate(tqdm(result.frames, desc="write frames", disable=not progress, leave=False)):
@@ -407,4 +451,6 @@ def write_outputs(result: GenerateResult, out_dir: Path, fps: int, progress: boo
     write_orbit_video(list(result.frames), out_dir / "orbit.mp4", fps)
     if result.aligned_image is not None:
         result.aligned_image.save(out_dir / "aligned_input.png")
+    if result.conditioning_image is not None:
+        result.conditioning_image.save(out_dir / CONDITIONING_FILE)
     (out_dir / "generation.json").write_text(json.dumps(result.record, indent=2))
