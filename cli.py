@@ -411,8 +411,16 @@ MAX_ITERATIONS = 1_000_000
 MIN_FIT_RESOLUTION = 16
 MAX_FIT_RESOLUTION = 4096
 MAX_SH_DEGREE = 3
+# = droplet3d.prepare's DEFAULT_BACKGROUND, BACKGROUNDS, DEFAULT_FILL, MIN_FILL, MAX_FILL (that package
+# imports torch; tests/test_prepare.py checks they agree).
+DEFAULT_BACKGROUND = "black"
+BACKGROUND_NAMES = ("black", "white", "grey")
+DEFAULT_FILL = 0.85
+MIN_FILL = 0.1
+MAX_FILL = 1.0
 
 GENERATION_PANEL = "Generation"
+PREPARE_PANEL = "Input image"
 ORBIT_PANEL = "Orbit (poses)"
 FIT_PANEL = "Reconstruction"
 EXPORT_PANEL = "Export"
@@ -500,6 +508,32 @@ OPTIONS: dict[str, Any] = {
     ),
     "vae_tiling": typer.Option(
         False, help="Decode in spatial tiles (less memory, tiny seams).", rich_help_panel=GENERATION_PANEL
+    ),
+    # input preparation (droplet3d/prepare.py); every command that takes --image takes these
+    "background": typer.Option(
+        DEFAULT_BACKGROUND, rich_help_panel=PREPARE_PANEL,
+        help=f"Colour behind the object (transparent pixels, removed background, padding): "
+        f"{', '.join(BACKGROUND_NAMES)} (black, as the published example).",
+    ),
+    "remove_background": typer.Option(
+        False, rich_help_panel=PREPARE_PANEL,
+        help="Separate the object from its background: with --segmenter's model, else by a flood fill of "
+        "the border's colour (plain backgrounds only).",
+    ),
+    "segmenter": typer.Option(
+        None, rich_help_panel=PREPARE_PANEL,
+        help="U^2-Net .onnx model for --remove-background (e.g. rembg's u2net.onnx), or a folder holding "
+        "one; read offline.",
+    ),
+    "recentre": typer.Option(
+        True, "--recentre/--no-recentre", rich_help_panel=PREPARE_PANEL,
+        help="Crop to the object (known from alpha or --remove-background), centre it and scale it to "
+        "--fill; --no-recentre keeps the framing. Never stretched: padded to the frame's aspect.",
+    ),
+    "fill": typer.Option(
+        DEFAULT_FILL, min=MIN_FILL, max=MAX_FILL, callback=finite, rich_help_panel=PREPARE_PANEL,
+        help="How much of the frame the recentred object spans, along its tighter side (0.85: the "
+        "published example).",
     ),
     # orbit
     "elevation": typer.Option(
@@ -591,6 +625,8 @@ OPTIONS["run_fit_seed"] = typer.Option(
 )  # fmt: skip
 INPUT_HELP = "Orbit video file, folder of frames, or a `generate` output folder."
 ORBIT_NAMES = ("elevation", "radius", "fov", "start_azimuth", "direction", "full_turn")
+# The input-preparation options: every command that generates (generate, run, batch) takes all of them.
+PREPARE_NAMES = ("background", "remove_background", "segmenter", "recentre", "fill")
 
 
 def orbit_options(params: dict[str, Any]) -> dict[str, object]:
@@ -647,6 +683,11 @@ def generate(
     negative_prompt: str = OPTIONS["negative_prompt"],
     fps: int = OPTIONS["fps"],
     vae_tiling: bool = OPTIONS["vae_tiling"],
+    background: str = OPTIONS["background"],
+    remove_background: bool = OPTIONS["remove_background"],
+    segmenter: Path | None = OPTIONS["segmenter"],
+    recentre: bool = OPTIONS["recentre"],
+    fill: float = OPTIONS["fill"],
     overwrite: bool = OPTIONS["overwrite"],
     quiet: bool = OPTIONS["quiet"],
 ) -> None:
@@ -656,7 +697,9 @@ def generate(
     from droplet3d.generate import write_outputs
 
     config = generate_config(locals())
-    refuse_overlap(out, {"image": image, "checkpoint": ckpt, "prompt file": prompt_file})
+    refuse_overlap(
+        out, {"image": image, "checkpoint": ckpt, "prompt file": prompt_file, "segmenter": segmenter}
+    )
     validate_generate(config)
     check_out_dir(out, overwrite)
     with staged_output(out, overwrite, generate_output_bytes(config)) as tmp:
@@ -666,7 +709,7 @@ def generate(
 
 
 # Upper bound of the bytes per frame pixel `generate` writes: a lossless PNG of noise is about the raw
-# RGB size (3 bytes), orbit.mp4 is far smaller; 4 leaves room for generation.json and aligned_input.png.
+# RGB size (3 bytes), orbit.mp4 is far smaller; 4 leaves room for generation.json and the input images.
 OUTPUT_BYTES_PER_PIXEL = 4
 
 
@@ -967,6 +1010,11 @@ def run(
     negative_prompt: str = OPTIONS["negative_prompt"],
     fps: int = OPTIONS["fps"],
     vae_tiling: bool = OPTIONS["vae_tiling"],
+    background: str = OPTIONS["background"],
+    remove_background: bool = OPTIONS["remove_background"],
+    segmenter: Path | None = OPTIONS["segmenter"],
+    recentre: bool = OPTIONS["recentre"],
+    fill: float = OPTIONS["fill"],
     elevation: float | None = OPTIONS["elevation"],
     radius: float | None = OPTIONS["radius"],
     fov: float | None = OPTIONS["fov"],
@@ -1002,8 +1050,10 @@ def run(
         export_options(params),
     )  # fmt: skip
     refuse_overlap(
-        out, {"image": image, "checkpoint": ckpt, "prompt file": prompt_file, "config file": config}
-    )
+        out,
+        {"image": image, "checkpoint": ckpt, "prompt file": prompt_file, "config file": config,
+         "segmenter": segmenter},
+    )  # fmt: skip
     validate_generate(gen_config)
     if not image.is_file():
         raise CLIError(f"image {image} does not exist")
@@ -1045,6 +1095,10 @@ class RunStages:
         params["image"] = hashlib.sha256(Path(self.generate.image).read_bytes()).hexdigest()
         params["ckpt"] = str(Path(self.generate.ckpt).resolve())
         params["device"] = device_key(self.generate.device)
+        if self.generate.segmenter is not None:  # the model's bytes, not its name, shape the mask
+            from droplet3d.segment import file_sha256, resolve_model_file
+
+            params["segmenter"] = file_sha256(resolve_model_file(self.generate.segmenter))
         return fingerprint(params)
 
     def reconstruct_key(self, video_dir: Path) -> str:
@@ -1105,7 +1159,8 @@ def file_problem(path: Path) -> str | None:
 
 def generate_outputs_problem(video_dir: Path, config: GenerateConfig) -> str | None:
     """Why a finished generate stage's outputs cannot be trusted, or None."""
-    names = ["generation.json", "orbit.mp4"] + (["aligned_input.png"] if config.view_align else [])
+    names = ["generation.json", "orbit.mp4", "conditioning.png"]
+    names += ["aligned_input.png"] if config.view_align else []
     for name in names:
         problem = file_problem(video_dir / name)
         if problem:

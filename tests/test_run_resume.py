@@ -17,6 +17,7 @@ import pytest
 import trimesh
 import typer.main
 from conftest import USER_PROMPT
+from PIL import Image
 from typer.testing import CliRunner
 
 import cli
@@ -46,7 +47,10 @@ def calls(monkeypatch: pytest.MonkeyPatch) -> Calls:
         rng = np.random.default_rng(config.seed)
         frames = rng.integers(0, 256, (config.frames, config.height, config.width, 3), dtype=np.uint8)
         record = {"frames": config.frames, "seed": config.seed}
-        return droplet3d.generate.GenerateResult(frames=frames, record=record)
+        conditioning = Image.fromarray(frames[0])
+        return droplet3d.generate.GenerateResult(
+            frames=frames, record=record, conditioning_image=conditioning
+        )
 
     def fake_reconstruct(video_dir: Path, out: Path, *args: Any, **kwargs: Any) -> dict[str, Any]:
         counts.reconstruct += 1
@@ -103,6 +107,8 @@ def _damage(out: Path, what: str) -> None:
         (out / "asset" / "images" / "00003.png").unlink()
     elif what == "splats.ply empty":
         (out / "asset" / "splats.ply").write_bytes(b"")
+    elif what == "conditioning.png deleted":
+        (out / "video" / "conditioning.png").unlink()
     elif what == "orbit.mp4 deleted":
         (out / "video" / "orbit.mp4").unlink()
     elif what == "a frame deleted":
@@ -119,7 +125,8 @@ def _damage(out: Path, what: str) -> None:
     ("what", "redone"),
     [("mesh.glb deleted", (1, 2)), ("mesh.glb cut short", (1, 2)), ("report.json corrupt", (1, 2)),
      ("a posed image deleted", (1, 2)), ("splats.ply empty", (1, 2)), ("orbit.mp4 deleted", (2, 1)),
-     ("a frame deleted", (2, 1)), ("a frame corrupt", (2, 1)), ("generation.json corrupt", (2, 1))],
+     ("a frame deleted", (2, 1)), ("a frame corrupt", (2, 1)), ("generation.json corrupt", (2, 1)),
+     ("conditioning.png deleted", (2, 1))],
 )  # fmt: skip
 def test_a_stage_with_missing_or_broken_outputs_is_redone(
     what: str, redone: tuple[int, int], calls: Calls, run_args: list[str], tmp_path: Path
@@ -177,6 +184,7 @@ OUTPUT_CHANGES = {
     "prompt": "a red cube", "frames": 49, "height": 256, "width": 256, "steps": 20, "guidance_scale": 3.0,
     "seed": 7, "device": "cuda", "dtype": "bfloat16", "noise_aug_strength": 0.1, "view_align": True,
     "align_max_area": 512 * 512, "align_steps": 10, "align_auto_resize": False, "negative_prompt": "ugly",
+    "background": "white", "remove_background": True, "recentre": False, "fill": 0.6,
 }  # fmt: skip
 NON_OUTPUT_CHANGES = {
     "fps": 24, "offload": "sequential", "vae_tiling": True, "progress": False, "compile": True,
@@ -186,7 +194,7 @@ NON_OUTPUT_CHANGES = {
 def test_generate_fingerprint_holds_exactly_the_output_changing_settings(tmp_path: Path) -> None:
     from droplet3d.generate import GenerateConfig
 
-    names = {f.name for f in dataclasses.fields(GenerateConfig)} - {"ckpt", "image"}
+    names = {f.name for f in dataclasses.fields(GenerateConfig)} - {"ckpt", "image", "segmenter"}
     assert names == set(OUTPUT_CHANGES) | set(NON_OUTPUT_CHANGES), "classify every new setting here"
     key = _stages(_config(tmp_path)).generate_key()
     for name, value in OUTPUT_CHANGES.items():
@@ -263,3 +271,16 @@ def test_run_passes_fit_seed_and_engine_to_the_reconstruction(
     monkeypatch.setattr(api, "reconstruct", spy)
     invoke([*run_args, "--fit-seed", "5", "--engine", "gsplat"])
     assert seen["fit"]["seed"] == 5 and seen["engine"] == "gsplat"
+
+
+def test_the_segmenter_model_file_is_part_of_the_generate_fingerprint(tmp_path: Path) -> None:
+    """Same --segmenter path, other model bytes: another mask, so generation must be redone."""
+    model = tmp_path / "models" / "u2net.onnx"
+    model.parent.mkdir()
+    model.write_bytes(b"model one")
+    with_model = _config(tmp_path, remove_background=True, segmenter=model)
+    key = _stages(with_model).generate_key()
+    assert _stages(_config(tmp_path, remove_background=True)).generate_key() != key
+    assert _stages(_config(tmp_path, remove_background=True, segmenter=model.parent)).generate_key() == key
+    model.write_bytes(b"model two")
+    assert _stages(with_model).generate_key() != key
