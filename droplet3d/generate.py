@@ -39,13 +39,12 @@ from droplet3d.pipeline import (
     full_prompt,
 )
 from droplet3d.prepare import (
-    ALIGNED_LABEL,
     DEFAULT_BACKGROUND,
     DEFAULT_FILL,
     PrepareConfig,
-    after_alignment_config,
     load_segmenter,
     prepare,
+    prepare_aligned,
     validate_prepare,
 )
 
@@ -358,8 +357,7 @@ def generate(config: GenerateConfig, warn: Callable[[str], None] = print) -> Gen
             if device.type == "cuda":
                 torch.cuda.empty_cache()
             with timer("prepare_aligned"):
-                realigned = prepare(aligned, after_alignment_config(prep_config, prepared), segmenter,
-                                    label=ALIGNED_LABEL)  # fmt: skip
+                realigned = prepare_aligned(aligned, prep_config, prepared, segmenter, warn)
             preparation["view_aligned"] = realigned.record
             image = realigned.image
         del segmenter

@@ -21,7 +21,8 @@ landscape photo squashed into a square) gives a worse orbit and every later stag
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -245,12 +246,28 @@ def prepare(
     return Prepared(out, record)
 
 
-def after_alignment_config(config: PrepareConfig, first: Prepared) -> PrepareConfig:
-    """The preparation for FLUX.1-Kontext's output, so the video sees the same framing either way.
+def prepare_aligned(
+    aligned: Image.Image,
+    config: PrepareConfig,
+    first: Prepared,
+    segmenter: U2NetSegmenter | None = None,
+    warn: Callable[[str], None] = print,
+) -> Prepared:
+    """Prepare FLUX.1-Kontext's output as the input was, so the video sees the same framing either way.
 
-    Kontext returns RGB without alpha. When the input's object was known (from alpha or a mask), Kontext
-    was given it on a plain `--background`, so the border flood fill finds it again in the output (or
-    the user's segmenter, when given); an input without a mask stays without one.
+    Kontext may move or rescale the object, and returns RGB without alpha. With `--remove-background`
+    the same mask source runs again (a bad mask is an error, as for the input). When the input's object
+    was known only from its alpha, Kontext was given it on a plain `--background`, so the border flood
+    fill finds it again; if Kontext painted a busy background after all, the aligned image is kept as
+    it is (the run is not lost for a step the user did not ask for) and the reason is recorded.
     """
-    found = first.record.get("mask_source", "none") != "none"
-    return PrepareConfig(**{**asdict(config), "remove_background": config.remove_background or found})
+    from_alpha = first.record.get("mask_source") == "alpha"
+    if config.remove_background or not from_alpha:
+        return prepare(aligned, config, segmenter, label=ALIGNED_LABEL)
+    try:
+        return prepare(aligned, replace(config, remove_background=True), None, label=ALIGNED_LABEL)
+    except Droplet3DError as exc:
+        kept = prepare(aligned, config, None, label=ALIGNED_LABEL)
+        kept.record["not_recentred_because"] = str(exc)
+        warn(f"the {ALIGNED_LABEL} was not recentred: {exc}")
+        return kept
