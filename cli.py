@@ -815,7 +815,8 @@ def remove_run_leftovers(out: Path) -> None:
 # --------------------------------------------------------------------------- info
 INFO_PACKAGES = (
     "droplet3d", "torch", "diffusers", "transformers", "safetensors", "peft", "accelerate", "sentencepiece",
-    "protobuf", "gsplat", "trimesh", "open3d", "typer", "imageio", "imageio-ffmpeg", "nerfstudio",
+    "protobuf", "onnxruntime", "gsplat", "trimesh", "open3d", "typer", "imageio", "imageio-ffmpeg",
+    "nerfstudio",
 )  # fmt: skip
 
 

@@ -262,9 +262,14 @@ class StageTimer:
         self.seconds[name] = round(time.perf_counter() - start, 3)
 
 
+# The packages whose versions shape a run's pixels, recorded in generation.json (onnxruntime: the mask).
+RECORDED_PACKAGES = ("droplet3d", "torch", "diffusers", "transformers", "safetensors", "peft", "accelerate",
+                     "onnxruntime")  # fmt: skip
+
+
 def package_versions() -> dict[str, str]:
     versions = {"python": platform.python_version()}
-    for name in ("droplet3d", "torch", "diffusers", "transformers", "safetensors", "peft", "accelerate"):
+    for name in RECORDED_PACKAGES:
         try:
             versions[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
