@@ -264,6 +264,7 @@ def _splatfacto(out: Path, settings: Settings, log: Any, orbit_choice: dict[str,
 
 # The fast preset, shortened further: the demo must finish in about a minute on two CPU cores.
 DEMO_FIT_OPTIONS: dict[str, Any] = {"iterations": 400, "resolution": 96}
+DEMO_ORBIT_OPTIONS: dict[str, Any] = {"mode": "fixed", "refine": False}
 
 
 def demo(
@@ -271,7 +272,9 @@ def demo(
     export_options: dict[str, Any] | None = None,
 ) -> dict[str, Any]:  # fmt: skip
     """Reconstruct the bundled orbit with a fast preset (no weights, any device); textured glb by default."""
+    # The bundled orbit was ray-cast on the preset orbit, so it is known exactly: no estimate needed.
     return reconstruct(
-        demo_video(), out, fit_options={"device": device, **DEMO_FIT_OPTIONS}, preset="fast",
-        progress=progress, log=log, export_options=export_options,
+        demo_video(), out, orbit_options=DEMO_ORBIT_OPTIONS,
+        fit_options={"device": device, **DEMO_FIT_OPTIONS}, preset="fast", progress=progress, log=log,
+        export_options=export_options,
     )  # fmt: skip
