@@ -562,6 +562,17 @@ OPTIONS: dict[str, Any] = {
         None, "--full-turn/--no-full-turn", show_default=False, rich_help_panel=ORBIT_PANEL,
         help="The last frame repeats the first view (step 360/(N-1)); default: it does not (360/N).",
     ),
+    "orbit_mode": typer.Option(
+        None, "--orbit", rich_help_panel=ORBIT_PANEL,
+        help="auto: estimate elevation, fov, direction and full-turn from the frames (radius stays 2: the "
+        "object's size follows), holding any value given; fixed: use the given and preset values. Default: "
+        "auto when no orbit value is given (command line, --config, generation.json), else fixed.",
+    ),
+    "refine": typer.Option(
+        None, "--refine/--no-refine", show_default=False, rich_help_panel=ORBIT_PANEL,
+        help="Given orbit values are starting points of the estimate, not fixed, and every frame's pose and "
+        "the focal length are refined with the splats (default: refine poses when the orbit is estimated).",
+    ),
     "config": typer.Option(
         None, rich_help_panel=ORBIT_PANEL,
         help="JSON config file with 'orbit', 'fit', 'mesh' and 'preset' keys (see configs/); "
@@ -630,8 +641,10 @@ PREPARE_NAMES = ("background", "remove_background", "segmenter", "recentre", "fi
 
 
 def orbit_options(params: dict[str, Any]) -> dict[str, object]:
-    """The orbit options of a command's parameters (None = take the preset / generation.json / config)."""
-    return {name: params[name] for name in ORBIT_NAMES}
+    """The orbit options of a command's parameters (None = take the preset / generation.json / config),
+    with --orbit and --refine as "mode" and "refine" (`recon.orbit_mode`)."""
+    return {**{name: params[name] for name in ORBIT_NAMES}, "mode": params["orbit_mode"],
+            "refine": params["refine"]}  # fmt: skip
 
 
 def export_options(params: dict[str, Any]) -> dict[str, object]:
@@ -898,6 +911,8 @@ def poses(
     start_azimuth: float | None = OPTIONS["start_azimuth"],
     direction: str | None = OPTIONS["direction"],
     full_turn: bool | None = OPTIONS["full_turn"],
+    orbit_mode: str | None = OPTIONS["orbit_mode"],
+    refine: bool | None = OPTIONS["refine"],
     config: Path | None = OPTIONS["config"],
     overwrite: bool = OPTIONS["overwrite"],
 ) -> None:
@@ -907,7 +922,9 @@ def poses(
     options = orbit_options(locals())
     refuse_overlap(out, {"input": input, "config file": config})
     with staged_output(out, overwrite) as tmp:
-        summary = api.poses(input, tmp, options, config)
+        summary = api.poses(input, tmp, options, config, log=lambda _m: None)
+    if "summary" in summary["orbit_estimate"]:
+        typer.echo(summary["orbit_estimate"]["summary"])
     typer.echo(f"wrote {summary['frames']} posed frames to {out / 'images'} and {out / 'transforms.json'}")
 
 
@@ -924,6 +941,8 @@ def reconstruct(
     start_azimuth: float | None = OPTIONS["start_azimuth"],
     direction: str | None = OPTIONS["direction"],
     full_turn: bool | None = OPTIONS["full_turn"],
+    orbit_mode: str | None = OPTIONS["orbit_mode"],
+    refine: bool | None = OPTIONS["refine"],
     config: Path | None = OPTIONS["config"],
     preset: str | None = OPTIONS["preset"],
     iterations: int | None = OPTIONS["iterations"],
@@ -957,6 +976,9 @@ def _logger(quiet: bool) -> Callable[[str], None]:
 
 
 def print_outputs(out: Path, report: dict[str, object]) -> None:
+    estimate = report.get("orbit_estimate")
+    if isinstance(estimate, dict) and "summary" in estimate:
+        typer.echo(estimate["summary"])
     if "gaussians" in report:
         psnr = report["psnr"]["mean"]  # type: ignore[index]
         typer.echo(f"{report['gaussians']} gaussians, mean training PSNR {psnr:.2f} dB")
@@ -1022,6 +1044,8 @@ def run(
     start_azimuth: float | None = OPTIONS["start_azimuth"],
     direction: str | None = OPTIONS["direction"],
     full_turn: bool | None = OPTIONS["full_turn"],
+    orbit_mode: str | None = OPTIONS["orbit_mode"],
+    refine: bool | None = OPTIONS["refine"],
     config: Path | None = OPTIONS["config"],
     preset: str | None = OPTIONS["preset"],
     iterations: int | None = OPTIONS["iterations"],

@@ -19,6 +19,8 @@ import numpy as np
 from recon.config import Settings, asset_path, read_config, resolve_orbit, resolve_settings
 from recon.errors import ReconError
 from recon.inputs import OrbitFrames, load_orbit
+from recon.orbit_estimate import OrbitEstimate, estimate_orbit
+from recon.orbit_mode import OrbitPlan, given_values, plan_orbit, split_orbit_options
 from recon.poses import Cameras, OrbitConfig, orbit_cameras, write_transforms
 
 NERFSTUDIO_HINT = "pip install 'droplet3d[nerfstudio]' (in its own environment: it pins gsplat 1.4)"
@@ -48,17 +50,44 @@ def write_poses(out: Path, frames: OrbitFrames, orbit: OrbitConfig) -> Cameras:
     return cameras
 
 
+def choose_orbit(
+    frames: OrbitFrames, orbit: OrbitConfig, plan: OrbitPlan, log: Any = print
+) -> tuple[OrbitConfig, OrbitEstimate | None]:
+    """The orbit to pose the frames with: `orbit` as resolved, or estimated from the frames (`plan`)."""
+    if not plan.estimates:
+        return orbit, None
+    estimate = estimate_orbit(frames.frames, orbit, plan.fixed(), plan.starts(), frames.alpha)
+    log(estimate.line())
+    return estimate.orbit, estimate
+
+
+def orbit_record(plan: OrbitPlan, estimate: OrbitEstimate | None) -> dict[str, Any]:
+    """report.json's record of how the orbit was chosen (and the estimate's line for the CLI)."""
+    record: dict[str, Any] = {"plan": plan.report()}
+    if estimate is not None:
+        record.update(estimate.report(), summary=estimate.line())
+    return record
+
+
 def poses(
-    input_path: Path, out: Path, orbit_options: dict[str, Any] | None = None, config_file: Path | None = None
-) -> dict[str, Any]:
-    """Stage 2: frames + known orbit -> out/images/ + out/transforms.json."""
+    input_path: Path, out: Path, orbit_options: dict[str, Any] | None = None, config_file: Path | None = None,
+    log: Any = print,
+) -> dict[str, Any]:  # fmt: skip
+    """Stage 2: frames + orbit (given or estimated, `recon.orbit_mode`) -> out/images/ + transforms.json."""
     config = read_config(config_file) if config_file is not None else None
+    values, controls = split_orbit_options(orbit_options)
     # Check the orbit values before reading a possibly long video.
-    resolve_orbit(config, None, orbit_options)
+    resolve_orbit(config, None, values)
+    plan_orbit(controls, {})
     frames = load_orbit(input_path)
-    orbit = resolve_orbit(config, frames.orbit_hints, orbit_options)
+    orbit = resolve_orbit(config, frames.orbit_hints, values)
+    plan = plan_orbit(controls, given_values(config, frames.orbit_hints, values))
+    orbit, estimate = choose_orbit(frames, orbit, plan, log)
     write_poses(out, frames, orbit)
-    return {"frames": frames.count, "width": frames.width, "height": frames.height, "orbit": orbit.to_dict()}
+    return {
+        "frames": frames.count, "width": frames.width, "height": frames.height, "orbit": orbit.to_dict(),
+        "orbit_estimate": orbit_record(plan, estimate),
+    }  # fmt: skip
 
 
 def reconstruct(
@@ -87,26 +116,35 @@ def reconstruct(
     # Resolve everything that can be wrong before the slow parts.
     device = resolve_device((fit_options or {}).get("device") or "auto")
     default_preset = "quality" if device.type == "cuda" else "fast"
-    resolve_settings(config_file, None, orbit_options, fit_options, preset, default_preset, export_options)
+    values, controls = split_orbit_options(orbit_options)
+    resolve_settings(config_file, None, values, fit_options, preset, default_preset, export_options)
+    plan_orbit(controls, {})
     frames = load_orbit(input_path)
     settings = resolve_settings(
-        config_file, frames.orbit_hints, orbit_options, fit_options, preset, default_preset, export_options
+        config_file, frames.orbit_hints, values, fit_options, preset, default_preset, export_options
     )
+    config = read_config(config_file) if config_file is not None else None
+    plan = plan_orbit(controls, given_values(config, frames.orbit_hints, values))
+    settings.orbit, estimate = choose_orbit(frames, settings.orbit, plan, log)
+    settings.fit = settings.fit.updated({"refine_poses": plan.refine_poses and engine == "gsplat"})
     cameras = write_poses(out, frames, settings.orbit)
     t_poses = time.perf_counter() - t0
+    record = orbit_record(plan, estimate)
     if engine == "splatfacto":
-        return _splatfacto(out, settings, log)
-    return _fit_and_export(frames, cameras, settings, out, progress, log, t_poses, t0, str(input_path))
+        return _splatfacto(out, settings, log, record)
+    source = str(input_path)
+    return _fit_and_export(frames, cameras, settings, out, progress, log, t_poses, t0, source, record)
 
 
 def _fit_and_export(
     frames: OrbitFrames, cameras: Cameras, settings: Settings, out: Path, progress: bool, log: Any,
-    t_poses: float, t0: float, source: str,
+    t_poses: float, t0: float, source: str, orbit_choice: dict[str, Any],
 ) -> dict[str, Any]:  # fmt: skip
     from recon.asset import write_asset
     from recon.fit import fit
     from recon.frames import asset_transform, cameras_to_asset, front_direction
     from recon.mesh import tsdf_mesh
+    from recon.pose_refine import corrections
     from recon.poses import read_transforms, write_transforms
     from recon.preview import turntable_cameras, write_preview
 
@@ -119,6 +157,9 @@ def _fit_and_export(
     transform = asset_transform(front_direction(cameras))
     files, asset = write_asset(out, mesh, result.splats, result.cameras, settings.export, transform)
     world_cams, names = read_transforms(Path(out) / "transforms.json")
+    if result.initial_cameras is not None:  # the refined poses and focal length, at the frames' size
+        orbit_choice["pose_refinement"] = corrections(result.initial_cameras, result.cameras)
+        world_cams = result.cameras.scaled(frames.width, frames.height)
     write_transforms(
         Path(out) / "transforms.json", cameras_to_asset(world_cams, transform), names, settings.orbit
     )
@@ -137,6 +178,7 @@ def _fit_and_export(
         "device": str(result.splats.means.device),
         "preset": settings.preset,
         "orbit": settings.orbit.to_dict(),
+        "orbit_estimate": orbit_choice,
         "fit": asdict(settings.fit),
         "mesh_settings": {**asdict(settings.mesh), **asdict(settings.export)},
         "background": result.background.report(),
@@ -151,7 +193,8 @@ def _fit_and_export(
             "texture_size": None if asset.texture is None else int(asset.texture.shape[0]),
         },
         "timings_s": {
-            "poses": round(t_poses, 2), "fit": round(result.seconds, 2), "mesh": round(t2 - t1, 2),
+            "poses": round(t_poses, 2), "orbit_estimate": orbit_choice.get("seconds", 0.0),
+            "fit": round(result.seconds, 2), "mesh": round(t2 - t1, 2),
             "preview": round(t3 - t2, 2), "total": round(time.perf_counter() - t0, 2),
         },
         "files": {**files, "preview": "preview.mp4", "transforms": "transforms.json"},
@@ -187,7 +230,7 @@ def splatfacto_command(data: Path, runs: Path, iterations: int) -> list[str]:
     ]  # fmt: skip
 
 
-def _splatfacto(out: Path, settings: Settings, log: Any) -> dict[str, Any]:
+def _splatfacto(out: Path, settings: Settings, log: Any, orbit_choice: dict[str, Any]) -> dict[str, Any]:
     """Train nerfstudio's splatfacto on our transforms.json and export its splats as splats.ply."""
     runs = Path(out) / "nerfstudio"
     cmd = splatfacto_command(Path(out), runs, settings.fit.iterations)
@@ -207,6 +250,7 @@ def _splatfacto(out: Path, settings: Settings, log: Any) -> dict[str, Any]:
     report = {
         "engine": "splatfacto",
         "orbit": settings.orbit.to_dict(),
+        "orbit_estimate": orbit_choice,
         "nerfstudio_config": str(configs[-1]),
         "files": {"splats": "splats.ply", "transforms": "transforms.json"},
         "frames_of_reference": {
@@ -220,6 +264,7 @@ def _splatfacto(out: Path, settings: Settings, log: Any) -> dict[str, Any]:
 
 # The fast preset, shortened further: the demo must finish in about a minute on two CPU cores.
 DEMO_FIT_OPTIONS: dict[str, Any] = {"iterations": 400, "resolution": 96}
+DEMO_ORBIT_OPTIONS: dict[str, Any] = {"mode": "fixed", "refine": False}
 
 
 def demo(
@@ -227,7 +272,9 @@ def demo(
     export_options: dict[str, Any] | None = None,
 ) -> dict[str, Any]:  # fmt: skip
     """Reconstruct the bundled orbit with a fast preset (no weights, any device); textured glb by default."""
+    # The bundled orbit was ray-cast on the preset orbit, so it is known exactly: no estimate needed.
     return reconstruct(
-        demo_video(), out, fit_options={"device": device, **DEMO_FIT_OPTIONS}, preset="fast",
-        progress=progress, log=log, export_options=export_options,
+        demo_video(), out, orbit_options=DEMO_ORBIT_OPTIONS,
+        fit_options={"device": device, **DEMO_FIT_OPTIONS}, preset="fast", progress=progress, log=log,
+        export_options=export_options,
     )  # fmt: skip

@@ -54,7 +54,7 @@ MIN_RESET_EVERY = 200
 HULL_PRUNE_DILATE = 2  # voxels of slack around the hull before a gaussian counts as a floater
 FRACTIONS = (
     "refine_start_fraction", "refine_stop_fraction", "refine_every_fraction", "reset_every_fraction",
-    "sh_degree_fraction", "hull_min_seen", "hull_tolerance",
+    "sh_degree_fraction", "hull_min_seen", "hull_tolerance", "pose_start_fraction",
 )  # fmt: skip
 
 
@@ -94,6 +94,12 @@ class FitConfig:
     max_gaussians: int = 20000  # growth stops here (the CPU rasteriser's cost is linear in it)
     seed: int = 0
     device: str = "auto"
+    # Pose refinement (`recon.pose_refine`): every frame's camera and the focal length move with the splats.
+    refine_poses: bool = False
+    lr_pose_rotation: float = 2e-3  # radians per step (Adam), decayed to 5% by the end
+    lr_pose_translation: float = 2e-3  # world units per step
+    lr_focal: float = 1e-3  # log focal scale per step
+    pose_start_fraction: float = 0.1  # corrections start once the splats have roughly settled
 
     def validate(self) -> FitConfig:
         if not isinstance(self.iterations, int) or self.iterations < 1:
@@ -219,6 +225,7 @@ class FitResult:
     ssim: list[float]
     seconds: float
     history: list[dict[str, float]]
+    initial_cameras: Cameras | None = None  # before pose refinement (None: `cameras` were not refined)
 
 
 def resize_frames(frames: np.ndarray, max_side: int) -> np.ndarray:
@@ -427,6 +434,7 @@ def fit(
     free_px = torch.tensor(free, dtype=torch.float32, device=device)  # [N, h, w]
     viewmats = torch.tensor(cams.viewmats(), dtype=torch.float32, device=device)
     K = torch.tensor(cams.K(), dtype=torch.float32, device=device)[None]
+    refiner = _pose_refiner(cfg, len(cams), device)
 
     # 4. The loop: one random view per step, L1 + SSIM + alpha on free pixels, then densify / prune.
     history: list[dict[str, float]] = []
@@ -436,9 +444,12 @@ def fit(
         if not order:
             order = rng.permutation(len(cams)).tolist()
         i = order.pop()
+        view_i, K_i = viewmats[i : i + 1], K
+        if refiner is not None:
+            view_i, K_i = refiner.camera(i, view_i, K_i)
         colors_i, alpha_i, info = rasterize(
             params["means"], params["quats"], torch.exp(params["scales"]), torch.sigmoid(params["opacities"]),
-            torch.cat([params["sh0"], params["shN"]], 1), viewmats[i : i + 1], K, cams.width, cams.height,
+            torch.cat([params["sh0"], params["shN"]], 1), view_i, K_i, cams.width, cams.height,
             sh_degree=schedule.sh_degree(step, cfg.sh_degree),
         )  # fmt: skip
         img = composite(colors_i, alpha_i, backgrounds[i : i + 1])
@@ -452,6 +463,8 @@ def fit(
             opt.step()
             opt.zero_grad(set_to_none=True)
         means_decay.step()
+        if refiner is not None:
+            refiner.step(step)
 
         growing = len(params["means"]) < cfg.max_gaussians
         strategy.grow_grad2d = cfg.grow_grad2d if growing else float("inf")
@@ -471,6 +484,9 @@ def fit(
     # 5. Whatever drifted out of the hull after the last refinement goes too.
     _prune_outside(hull, params, optimizers, state)
 
+    initial_cams = None
+    if refiner is not None:
+        initial_cams, cams = cams, refiner.refined(cams)
     bg_color = torch.tensor(background.color, dtype=torch.float32, device=device)
     splats = Splats(
         means=params["means"].detach(), scales=params["scales"].detach(), quats=params["quats"].detach(),
@@ -481,4 +497,16 @@ def fit(
     psnrs = [psnr(renders[j : j + 1], targets[j : j + 1]) for j in range(len(cams))]
     ssims = [float(ssim(renders[j : j + 1], targets[j : j + 1]).item()) for j in range(len(cams))]
     seconds = time.perf_counter() - start
-    return FitResult(splats, hull, cams, small, background, psnrs, ssims, seconds, history)
+    return FitResult(splats, hull, cams, small, background, psnrs, ssims, seconds, history, initial_cams)
+
+
+def _pose_refiner(cfg: FitConfig, n: int, device: torch.device) -> Any:
+    """A `recon.pose_refine.PoseRefiner` when the config asks for one, else None."""
+    if not cfg.refine_poses:
+        return None
+    from recon.pose_refine import PoseRefiner
+
+    start = round(cfg.pose_start_fraction * cfg.iterations)
+    return PoseRefiner(
+        n, device, cfg.lr_pose_rotation, cfg.lr_pose_translation, cfg.lr_focal, start, cfg.iterations
+    )

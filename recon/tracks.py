@@ -1,0 +1,165 @@
+"""Point tracks through an orbit video: corners on the object followed from frame to frame.
+
+The orbit estimate (`recon.orbit_estimate`) scores a candidate camera by how well it triangulates these
+tracks. Silhouettes alone cannot do it: a turntable seen from one elevation leaves a whole family of
+shapes consistent with every silhouette (measured: a 10-degree elevation error changed the visual hull's
+silhouette IoU by less than its voxel noise), while a surface point's track is a projected horizontal
+circle whose shape fixes the elevation and whose near/far speed ratio fixes the perspective.
+
+Corners are Shi-Tomasi (the smaller eigenvalue of the gradient structure tensor) on the object's
+silhouette; each is followed by translational Lucas-Kanade between neighbouring frames on a two-level
+pyramid and kept only while the backward track returns to where it started (occlusion at the object's
+outline, where the point turns away, fails that check). No OpenCV: numpy and scipy only.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+TRACK_SIDE = 128  # px: frames are downscaled to this longest side for tracking
+WINDOW = 4  # half-size of the Lucas-Kanade window, px (9 x 9)
+LK_ITERATIONS = 6
+PYRAMID_LEVELS = 2
+MAX_CORNERS = 150  # corners started per start frame
+MIN_CORNER_SPACING = 3  # px between corners (non-maximum suppression)
+CORNER_QUALITY = 0.05  # a corner's response must reach this share of the frame's best
+FORWARD_BACKWARD_PX = 0.3  # a step is kept when tracking back lands this close to the start
+MAX_LENGTH = 8  # frames per track: long enough to see the arc, short enough to stay visible
+START_EVERY = 2  # start new tracks on every this-many-th frame
+MIN_LENGTH = 3  # shorter tracks carry no perspective
+
+
+@dataclass
+class Tracks:
+    """Tracks padded to one length: frame index and pixel position of every observation."""
+
+    frames: np.ndarray  # [T, L] int frame index (-1 = padding)
+    uv: np.ndarray  # [T, L, 2] pixel coordinates (x right, y down; pixel centres at +0.5)
+    width: int  # size of the images the coordinates refer to
+    height: int
+
+    @property
+    def valid(self) -> np.ndarray:
+        return self.frames >= 0
+
+    def __len__(self) -> int:
+        return len(self.frames)
+
+
+def _gray(frames: np.ndarray) -> np.ndarray:
+    """Luminance [N, H, W] float32 in 0..1, downscaled so the longest side is at most TRACK_SIDE."""
+    from recon.fit import resize_frames
+
+    small = resize_frames(frames, TRACK_SIDE).astype(np.float32) / 255.0
+    return small @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
+
+
+def corners(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Shi-Tomasi corners [k, 2] (x, y pixel centres) of `image` inside `mask`."""
+    from scipy import ndimage
+
+    gy, gx = np.gradient(ndimage.gaussian_filter(image, 0.7))
+    sxx = ndimage.gaussian_filter(gx * gx, 1.5)
+    syy = ndimage.gaussian_filter(gy * gy, 1.5)
+    sxy = ndimage.gaussian_filter(gx * gy, 1.5)
+    response = 0.5 * (sxx + syy) - np.sqrt(0.25 * (sxx - syy) ** 2 + sxy**2)
+    response = np.where(ndimage.binary_erosion(mask, iterations=WINDOW), response, 0.0)
+    peaks = response == ndimage.maximum_filter(response, size=2 * MIN_CORNER_SPACING + 1)
+    peaks &= response > CORNER_QUALITY * max(float(response.max()), 1e-12)
+    y, x = np.nonzero(peaks)
+    best = np.argsort(-response[y, x])[:MAX_CORNERS]
+    return np.stack([x[best] + 0.5, y[best] + 0.5], axis=-1).astype(np.float64)
+
+
+def _patches(image: np.ndarray, points: np.ndarray) -> np.ndarray:
+    """Bilinear samples [k, 2W+1, 2W+1] of `image` around `points` [k, 2] (pixel-centre coordinates)."""
+    from scipy import ndimage
+
+    offsets = np.arange(-WINDOW, WINDOW + 1, dtype=np.float64)
+    ys = points[:, 1, None, None] - 0.5 + offsets[None, :, None]
+    xs = points[:, 0, None, None] - 0.5 + offsets[None, None, :]
+    ys, xs = np.broadcast_arrays(ys, xs)
+    return ndimage.map_coordinates(image, [ys.ravel(), xs.ravel()], order=1, mode="nearest").reshape(ys.shape)
+
+
+def _lk_level(a: np.ndarray, b: np.ndarray, points: np.ndarray, guess: np.ndarray) -> np.ndarray:
+    """Translational Lucas-Kanade: where `points` of image `a` moved to in image `b`, from `guess`."""
+    template = _patches(a, points)
+    gy, gx = np.gradient(template, axis=(1, 2))
+    g = np.stack([(gx * gx).sum((1, 2)), (gx * gy).sum((1, 2)), (gy * gy).sum((1, 2))], -1)
+    det = g[:, 0] * g[:, 2] - g[:, 1] ** 2
+    safe = np.where(np.abs(det) > 1e-9, det, np.inf)
+    pos = guess.copy()
+    for _ in range(LK_ITERATIONS):
+        diff = template - _patches(b, pos)
+        bx, by = (gx * diff).sum((1, 2)), (gy * diff).sum((1, 2))
+        pos[:, 0] += (g[:, 2] * bx - g[:, 1] * by) / safe
+        pos[:, 1] += (g[:, 0] * by - g[:, 1] * bx) / safe
+    return pos
+
+
+def _pyramid(image: np.ndarray) -> list[np.ndarray]:
+    from scipy import ndimage
+
+    levels = [image]
+    for _ in range(PYRAMID_LEVELS - 1):
+        levels.append(ndimage.gaussian_filter(levels[-1], 1.0)[::2, ::2])
+    return levels
+
+
+def follow(a: list[np.ndarray], b: list[np.ndarray], points: np.ndarray) -> np.ndarray:
+    """Positions [k, 2] in pyramid `b` of `points` of pyramid `a`, coarse to fine."""
+    scale = 2.0 ** (len(a) - 1)
+    pos = points / scale
+    for level in range(len(a) - 1, -1, -1):
+        s = 2.0**level
+        pos = _lk_level(a[level], b[level], points / s, pos)
+        if level:
+            pos = pos * 2.0
+    return pos
+
+
+def track(frames: np.ndarray, masks: np.ndarray) -> Tracks:
+    """Tracks of corners on the object through `frames` [N, H, W, 3] uint8 with silhouettes `masks`.
+
+    `masks` [N, h, w] may be at any resolution; they are resized to the tracking size.
+    """
+    from scipy import ndimage
+
+    gray = _gray(frames)
+    n, h, w = gray.shape
+    zoom = (h / masks.shape[1], w / masks.shape[2])
+    silhouettes = np.stack([ndimage.zoom(m.astype(np.float32), zoom, order=1) > 0.5 for m in masks])
+    pyramids = [_pyramid(g) for g in gray]
+    rows_f: list[np.ndarray] = []
+    rows_uv: list[np.ndarray] = []
+    for start in range(0, n - 1, START_EVERY):
+        pts = corners(gray[start], silhouettes[start])
+        if len(pts) == 0:
+            continue
+        uv = np.full((len(pts), MAX_LENGTH, 2), np.nan)
+        idx = np.full((len(pts), MAX_LENGTH), -1)
+        uv[:, 0], idx[:, 0] = pts, start
+        alive = np.ones(len(pts), dtype=bool)
+        for step in range(1, MAX_LENGTH):
+            frame = start + step
+            if frame >= n or not alive.any():
+                break
+            prev = uv[alive, step - 1]
+            nxt = follow(pyramids[frame - 1], pyramids[frame], prev)
+            back = follow(pyramids[frame], pyramids[frame - 1], nxt)
+            ok = np.linalg.norm(back - prev, axis=1) < FORWARD_BACKWARD_PX
+            xi = np.clip(np.floor(nxt[:, 0]).astype(int), 0, w - 1)
+            yi = np.clip(np.floor(nxt[:, 1]).astype(int), 0, h - 1)
+            ok &= np.isfinite(nxt).all(1) & silhouettes[frame][yi, xi]
+            live = np.flatnonzero(alive)
+            uv[live[ok], step], idx[live[ok], step] = nxt[ok], frame
+            alive[live[~ok]] = False
+        keep = (idx >= 0).sum(1) >= MIN_LENGTH
+        rows_f.append(idx[keep])
+        rows_uv.append(uv[keep])
+    if not rows_f:
+        return Tracks(np.zeros((0, MAX_LENGTH), int), np.zeros((0, MAX_LENGTH, 2)), w, h)
+    return Tracks(np.concatenate(rows_f), np.concatenate(rows_uv), w, h)
