@@ -13,7 +13,9 @@ Orbit-specific parts:
   empty. The hull initialises the gaussians on its surface ("hull" init), gaussians that leave it are
   pruned at every refinement and once more at the end, and an alpha penalty applies on pixels that are
   background in the frame *and* outside the hull's footprint, so one doubtful view cannot erase what
-  the others support.
+  the others support. Its mirror image, a coverage term, asks for full opacity on object pixels the
+  hull supports: the object is solid, and a surface left half-transparent lets depth reach its far
+  side (the mesh would fuse inner walls, and views from above would see through it).
 * Schedules scale with the run, as simple_trainer's `steps_scaler` does: refinement start, stop and
   interval, opacity resets and SH-degree steps are fractions of `iterations`, so a 400-step demo still
   densifies and a long run does not refine more often than gsplat would.
@@ -73,6 +75,10 @@ class FitConfig:
     init_opacity: float = 0.5
     ssim_lambda: float = 0.2
     mask_lambda: float = 0.5  # weight of the alpha penalty on background pixels outside the hull
+    # Weight of the coverage term on object pixels the hull supports: the object is solid, so its
+    # render must be opaque there. Without it a surface stays partly transparent wherever colour alone
+    # fits, median depth then lands on the far side, and the mesh grows inner walls.
+    solid_lambda: float = 0.5
     # Learning rates: gsplat's, except scales 2x faster because our schedules are hundreds of steps,
     # not 30k. (Faster means also fit faster but let gaussians drift into parts of the visual hull no
     # training view constrains, which the mesh then shows.) The quality preset restores gsplat's values.
@@ -185,6 +191,7 @@ class Splats:
         batch: int = 1,
         backend: str = "auto",
         backgrounds: Tensor | None = None,
+        depth_alpha: float = 0.5,
     ) -> tuple[Tensor, Tensor]:
         """Images [C, H, W, 3 (+1 depth)] and alphas [C, H, W, 1] for every camera, without gradients.
 
@@ -205,7 +212,7 @@ class Splats:
                     torch.sigmoid(self.opacities), colors, vm, K[None].expand(len(vm), 3, 3),
                     cameras.width, cameras.height, sh_degree=self.sh_degree,
                     backgrounds=self.background[None].expand(len(vm), 3) if per_pixel is None else None,
-                    render_mode=render_mode, backend=backend,
+                    render_mode=render_mode, backend=backend, depth_alpha=depth_alpha,
                 )  # fmt: skip
                 if per_pixel is not None:
                     img = torch.cat([composite(img[..., :3], alpha, per_pixel), img[..., 3:]], dim=-1)
@@ -412,7 +419,10 @@ def fit(
     hull = carve_visual_hull(
         masks, cams, working_half_size(cams), cfg.hull_resolution, cfg.hull_min_seen, cfg.hull_tolerance
     )
-    free = np.stack([~ndimage.binary_dilation(m) for m in masks]) & ~hull.footprints(cams)
+    footprints = hull.footprints(cams)
+    free = np.stack([~ndimage.binary_dilation(m) for m in masks]) & ~footprints
+    # Object pixels away from the outline (anti-aliased there) that the hull also supports: opaque.
+    solid = np.stack([ndimage.binary_erosion(m) for m in masks]) & footprints
 
     # 3. Gaussians on the hull's surface, optimisers and gsplat's densification strategy.
     pts, colors = _init_points(hull, small, masks, cams, cfg, rng)
@@ -432,6 +442,7 @@ def fit(
     targets = torch.tensor(small, dtype=torch.float32, device=device) / 255.0  # [N, h, w, 3]
     backgrounds = torch.tensor(background.images, device=device)  # [N, h, w, 3]
     free_px = torch.tensor(free, dtype=torch.float32, device=device)  # [N, h, w]
+    solid_px = torch.tensor(solid, dtype=torch.float32, device=device)  # [N, h, w]
     viewmats = torch.tensor(cams.viewmats(), dtype=torch.float32, device=device)
     K = torch.tensor(cams.K(), dtype=torch.float32, device=device)[None]
     refiner = _pose_refiner(cfg, len(cams), device)
@@ -458,6 +469,7 @@ def fit(
         l1 = torch.abs(img - gt).mean()
         loss = (1 - cfg.ssim_lambda) * l1 + cfg.ssim_lambda * (1 - ssim(img, gt))
         loss = loss + cfg.mask_lambda * (alpha_i[..., 0] * free_px[i : i + 1]).mean()
+        loss = loss + cfg.solid_lambda * ((1.0 - alpha_i[..., 0]) * solid_px[i : i + 1]).mean()
         loss.backward()
         for opt in optimizers.values():
             opt.step()

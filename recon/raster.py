@@ -58,8 +58,12 @@ def rasterize(
     backgrounds: Tensor | None = None,
     render_mode: str = "RGB",
     backend: str = "auto",
+    depth_alpha: float = 0.5,
 ) -> tuple[Tensor, Tensor, dict[str, Any]]:
-    """Render [C, H, W, D], alphas [C, H, W, 1], info; `backend` "auto" picks gsplat on CUDA tensors."""
+    """Render [C, H, W, D], alphas [C, H, W, 1], info; `backend` "auto" picks gsplat on CUDA tensors.
+
+    `depth_alpha` sets where "RGB+MD" (our torch rasteriser only) reads the depth; see `rasterize_torch`.
+    """
     use_gsplat = backend == "gsplat" or (backend == "auto" and means.is_cuda)
     if use_gsplat:
         from gsplat import rasterization
@@ -70,5 +74,5 @@ def rasterize(
         )  # fmt: skip
     return rasterize_torch(
         means, quats, scales, opacities, colors, viewmats, Ks, width, height,
-        sh_degree=sh_degree, backgrounds=backgrounds, render_mode=render_mode,
+        sh_degree=sh_degree, backgrounds=backgrounds, render_mode=render_mode, depth_alpha=depth_alpha,
     )  # fmt: skip

@@ -170,11 +170,12 @@ def _composite_view(
     tile_size: int,
     max_pairs: int,
     median_depth: bool = False,
+    depth_alpha: float = 0.5,
 ) -> tuple[Tensor, Tensor]:
     """Front-to-back alpha compositing of one view: features [H, W, D] and alpha [H, W, 1].
 
     With `median_depth`, the last feature channel (the depth) becomes the depth of the gaussian at
-    which the transmittance first drops to 0.5 or below (0 where it never does).
+    which the accumulated alpha first reaches `depth_alpha` (0.5: the median; 0 where it never does).
     """
     device, dtype = features.device, features.dtype
     D = features.shape[-1]
@@ -272,7 +273,7 @@ def _composite_view(
             weights = alpha * torch.exp(log_t - log1m)  # alpha_i * T_before_i
             feat = torch.einsum("tpk,tkd->tpd", weights, g_feat[index])
             if median_depth:
-                crossed = log_t <= math.log(0.5)  # [t, P, K]
+                crossed = log_t <= math.log(1.0 - depth_alpha)  # [t, P, K]
                 first = torch.argmax(crossed.to(torch.uint8), dim=-1)  # [t, P]
                 depth_k = g_feat[index][..., -1]  # [t, K]
                 md = torch.gather(depth_k, 1, first) * crossed.any(dim=-1)
@@ -300,6 +301,7 @@ def rasterize_torch(
     sh_degree: int | None = None,
     backgrounds: Tensor | None = None,  # [C, D]
     render_mode: str = "RGB",
+    depth_alpha: float = 0.5,
     near_plane: float = 0.01,
     far_plane: float = 1e10,
     eps2d: float = 0.3,
@@ -313,7 +315,8 @@ def rasterize_torch(
     "height", "n_cameras", "gaussian_ids"). render_mode "RGB+ED" appends the expected depth
     (sum w z / alpha), "RGB+D" the accumulated depth, and "RGB+MD" (ours, not gsplat's) the median
     depth: that of the gaussian where the transmittance crosses 0.5, which is not pulled behind the
-    surface by semi-transparent layers the way the expected depth is (used for meshing).
+    surface by semi-transparent layers the way the expected depth is (used for meshing); `depth_alpha`
+    moves that crossing (a lower value finds the first surface of a half-transparent shell).
     """
     C = viewmats.shape[0]
     means2d, conics, depths, radii = project(
@@ -342,6 +345,7 @@ def rasterize_torch(
             tile_size,
             max_pairs,
             median_depth=render_mode == "RGB+MD",
+            depth_alpha=depth_alpha,
         )
         if backgrounds is not None:
             bg = backgrounds[ci]
