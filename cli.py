@@ -590,6 +590,35 @@ OPTIONS["run_fit_seed"] = typer.Option(
     None, "--fit-seed", min=0, max=MAX_SEED, rich_help_panel=FIT_PANEL,
     help="Random seed of the reconstruction's initialisation and view order (default 0).",
 )  # fmt: skip
+# `batch`: where and how the rows run. A batch's rows may or may not generate, so its --ckpt is optional.
+BATCH_PANEL = "Batch"
+MAX_RESOURCES_PER_ROW = 1024.0  # CPUs or GPUs one row may ask Ray for; more is a typo
+OPTIONS.update({
+    "batch_ckpt": typer.Option(
+        None, "--ckpt", rich_help_panel=GENERATION_PANEL,
+        help="The released Droplet3D-5B/ folder (read offline); needed when a row has an image to generate "
+        "from.",
+    ),
+    "backend": typer.Option(
+        "local", rich_help_panel=BATCH_PANEL,
+        help="local: the rows one after another in this process; ray: each row a task on a Ray cluster "
+        "(pip install 'droplet3d[ray]').",
+    ),
+    "address": typer.Option(
+        "local", rich_help_panel=BATCH_PANEL,
+        help="With --backend ray: local (start a Ray instance on this machine for this batch), auto (join "
+        "the one `ray start` runs here, or $RAY_ADDRESS) or HOST:PORT of a cluster's head.",
+    ),
+    "gpus_per_row": typer.Option(
+        None, min=0.0, max=MAX_RESOURCES_PER_ROW, callback=finite, rich_help_panel=BATCH_PANEL,
+        help="With --backend ray: GPUs each row holds (fractions share a GPU; default 1 when the cluster "
+        "has GPUs, else 0).",
+    ),
+    "cpus_per_row": typer.Option(
+        1.0, min=0.0, max=MAX_RESOURCES_PER_ROW, callback=finite, rich_help_panel=BATCH_PANEL,
+        help="With --backend ray: CPU cores each row holds (and uses as its thread count).",
+    ),
+})  # fmt: skip
 INPUT_HELP = "Orbit video file, folder of frames, or a `generate` output folder."
 ORBIT_NAMES = ("elevation", "radius", "fov", "start_azimuth", "direction", "full_turn")
 
@@ -1050,6 +1079,77 @@ def run_folder(
         out.mkdir(exist_ok=True)
         remove_run_leftovers(out)
         return run_stages(out, stages, quiet, generate, say)
+
+
+# --------------------------------------------------------------------------- batch
+@app.command(no_args_is_help=True)
+@guarded
+def batch(
+    manifest: Path = typer.Argument(
+        ...,
+        help="CSV or JSONL, one asset per row: id plus image and prompt (or prompt_file), or id plus "
+        "video; any other column is that row's value of an option below.",
+    ),
+    out: Path = typer.Option(
+        ...,
+        help="Batch folder: a run folder per row id (as `run` writes), batch.json and summary.csv. "
+        "With --backend ray on a cluster: shared storage, at this path on every node.",
+    ),
+    ckpt: Path | None = OPTIONS["batch_ckpt"],
+    frames: int = OPTIONS["frames"],
+    height: int = OPTIONS["height"],
+    width: int = OPTIONS["width"],
+    steps: int = OPTIONS["steps"],
+    guidance_scale: float = OPTIONS["guidance_scale"],
+    seed: int = OPTIONS["seed"],
+    dtype: str = OPTIONS["dtype"],
+    noise_aug_strength: float = OPTIONS["noise_aug_strength"],
+    view_align: bool = OPTIONS["view_align"],
+    align_max_area: int = OPTIONS["align_max_area"],
+    offload: str = OPTIONS["offload"],
+    negative_prompt: str = OPTIONS["negative_prompt"],
+    fps: int = OPTIONS["fps"],
+    vae_tiling: bool = OPTIONS["vae_tiling"],
+    elevation: float | None = OPTIONS["elevation"],
+    radius: float | None = OPTIONS["radius"],
+    fov: float | None = OPTIONS["fov"],
+    start_azimuth: float | None = OPTIONS["start_azimuth"],
+    direction: str | None = OPTIONS["direction"],
+    full_turn: bool | None = OPTIONS["full_turn"],
+    config: Path | None = OPTIONS["config"],
+    preset: str | None = OPTIONS["preset"],
+    iterations: int | None = OPTIONS["iterations"],
+    sh_degree: int | None = OPTIONS["sh_degree"],
+    resolution: int | None = OPTIONS["resolution"],
+    fit_seed: int | None = OPTIONS["run_fit_seed"],
+    engine: str = OPTIONS["engine"],
+    device: str = OPTIONS["device"],
+    overwrite: bool = typer.Option(
+        False,
+        help="Replace a non-empty --out that is not a batch folder, and row folders that are not "
+        "run folders.",
+    ),
+    quiet: bool = OPTIONS["quiet"],
+    faces: int | None = OPTIONS["faces"],
+    texture_size: int | None = OPTIONS["texture_size"],
+    vertex_colors: bool | None = OPTIONS["vertex_colors"],
+    splat_format: str | None = OPTIONS["splat_format"],
+    backend: str = OPTIONS["backend"],
+    address: str = OPTIONS["address"],
+    gpus_per_row: float | None = OPTIONS["gpus_per_row"],
+    cpus_per_row: float = OPTIONS["cpus_per_row"],
+) -> None:
+    """Many images or orbits to assets: each manifest row through `run`'s resumable stages.
+
+    A row that fails (missing file, bad option, out of memory, a crash) is recorded in batch.json and
+    summary.csv and the others go on; the exit code is 1 when any row failed. Re-running skips the
+    rows that are done.
+    """
+    import batch as batch_module
+
+    failed = batch_module.run_batch(manifest, out, locals())
+    if failed:
+        raise typer.Exit(batch_module.EXIT_ROWS_FAILED)
 
 
 # Generation settings that change no pixel of the frames. They stay out of the fingerprint, so changing
