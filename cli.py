@@ -426,12 +426,10 @@ def finite(value: float | None) -> float | None:
     return value
 
 
+CKPT_HELP = "The released Droplet3D-5B/ folder (read offline, as published)."
 OPTIONS: dict[str, Any] = {
     # generation
-    "ckpt": typer.Option(
-        ..., help="The released Droplet3D-5B/ folder (read offline, as published).",
-        rich_help_panel=GENERATION_PANEL,
-    ),
+    "ckpt": typer.Option(..., help=CKPT_HELP, rich_help_panel=GENERATION_PANEL),
     "image": typer.Option(
         ...,
         help="Input image: the object's first view (any size; resized).",
@@ -590,15 +588,12 @@ OPTIONS["run_fit_seed"] = typer.Option(
     None, "--fit-seed", min=0, max=MAX_SEED, rich_help_panel=FIT_PANEL,
     help="Random seed of the reconstruction's initialisation and view order (default 0).",
 )  # fmt: skip
-# `batch`: where and how the rows run. A batch's rows may or may not generate, so its --ckpt is optional.
+# `batch`: where and how the rows run. Its --ckpt means what it means elsewhere, but is optional: only
+# rows with an image generate.
 BATCH_PANEL = "Batch"
 MAX_RESOURCES_PER_ROW = 1024.0  # CPUs or GPUs one row may ask Ray for; more is a typo
 OPTIONS.update({
-    "batch_ckpt": typer.Option(
-        None, "--ckpt", rich_help_panel=GENERATION_PANEL,
-        help="The released Droplet3D-5B/ folder (read offline); needed when a row has an image to generate "
-        "from.",
-    ),
+    "batch_ckpt": typer.Option(None, "--ckpt", help=CKPT_HELP, rich_help_panel=GENERATION_PANEL),
     "backend": typer.Option(
         "local", rich_help_panel=BATCH_PANEL,
         help="local: the rows one after another in this process; ray: each row a task on a Ray cluster "
@@ -1087,8 +1082,8 @@ def run_folder(
 def batch(
     manifest: Path = typer.Argument(
         ...,
-        help="CSV or JSONL, one asset per row: id plus image and prompt (or prompt_file), or id plus "
-        "video; any other column is that row's value of an option below.",
+        help="CSV or JSONL, one asset per row: id plus image and prompt (or prompt_file), generated with "
+        "--ckpt, or id plus video; any other column is that row's value of an option below.",
     ),
     out: Path = typer.Option(
         ...,
