@@ -46,7 +46,7 @@ ASSET_FILES = (
     "preview.mp4",
 )
 KILL_ROWS = 4
-FAKE_SECONDS = 1.0  # one fake reconstruction: long enough to kill a batch between two rows
+FAKE_SECONDS = 0.5  # one fake reconstruction: long enough to kill a batch between two rows
 
 
 @pytest.fixture(scope="module")
