@@ -13,7 +13,7 @@ The rows are tiny on purpose (the figure is the batch machinery's throughput on 
 the reconstruction's): 8 frames of 32 px, 10 steps at 16 px, a coarse mesh. Every row must finish
 "done"; the script fails otherwise.
 
-    python benchmarks/bench_batch.py [--rows 20] [--cpus-per-row 1] [--keep DIR]
+    python benchmarks/bench_batch.py [--rows 20] [--cpus-per-row 1] [--backends local,ray] [--keep DIR]
 """
 
 from __future__ import annotations
@@ -89,6 +89,7 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=20)
     parser.add_argument("--cpus-per-row", type=float, default=1.0)
     parser.add_argument("--keep", type=Path, help="write the orbits and batch folders here and keep them")
+    parser.add_argument("--backends", default="local,ray", help="comma-separated: local, ray")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as scratch:
         folder = args.keep or Path(scratch)
@@ -101,6 +102,8 @@ def main() -> None:
         print(f"{args.rows} reconstruct-only rows ({FRAMES} frames of {SIZE} px, 10 steps at 16 px), "
               f"{os.cpu_count()} cores")  # fmt: skip
         for name, extra in backends.items():
+            if name not in args.backends.split(","):
+                continue
             seconds = run_batch(manifest, folder / f"out-{name}", extra)
             rate = args.rows / seconds * SECONDS_PER_MINUTE
             print(f"{name:>6}: {seconds:6.1f} s wall, {rate:5.1f} rows/min")
