@@ -24,6 +24,7 @@ import signal
 import sys
 import tempfile
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from dataclasses import fields as dataclass_fields
@@ -34,7 +35,7 @@ import typer
 from typer.core import TyperGroup
 
 if TYPE_CHECKING:
-    from droplet3d.generate import GenerateConfig
+    from droplet3d.generate import GenerateConfig, GenerateResult
 
 # Typer vendors click privately; these are the public typer.BadParameter's base classes.
 USAGE_ERROR: type[Exception] = typer.BadParameter.__bases__[0]
@@ -433,12 +434,10 @@ def finite(value: float | None) -> float | None:
     return value
 
 
+CKPT_HELP = "The released Droplet3D-5B/ folder (read offline, as published)."
 OPTIONS: dict[str, Any] = {
     # generation
-    "ckpt": typer.Option(
-        ..., help="The released Droplet3D-5B/ folder (read offline, as published).",
-        rich_help_panel=GENERATION_PANEL,
-    ),
+    "ckpt": typer.Option(..., help=CKPT_HELP, rich_help_panel=GENERATION_PANEL),
     "image": typer.Option(
         ...,
         help="Input image: the object's first view (any size; resized).",
@@ -634,6 +633,32 @@ OPTIONS["run_fit_seed"] = typer.Option(
     None, "--fit-seed", min=0, max=MAX_SEED, rich_help_panel=FIT_PANEL,
     help="Random seed of the reconstruction's initialisation and view order (default 0).",
 )  # fmt: skip
+# `batch`: where and how the rows run. Its --ckpt means what it means elsewhere, but is optional: only
+# rows with an image generate.
+BATCH_PANEL = "Batch"
+MAX_RESOURCES_PER_ROW = 1024.0  # CPUs or GPUs one row may ask Ray for; more is a typo
+OPTIONS.update({
+    "batch_ckpt": typer.Option(None, "--ckpt", help=CKPT_HELP, rich_help_panel=GENERATION_PANEL),
+    "backend": typer.Option(
+        "local", rich_help_panel=BATCH_PANEL,
+        help="local: the rows one after another in this process; ray: each row a task on a Ray cluster "
+        "(pip install 'droplet3d[ray]').",
+    ),
+    "address": typer.Option(
+        "local", rich_help_panel=BATCH_PANEL,
+        help="With --backend ray: local (start a Ray instance on this machine for this batch), auto (join "
+        "the one `ray start` runs here, or $RAY_ADDRESS) or HOST:PORT of a cluster's head.",
+    ),
+    "gpus_per_row": typer.Option(
+        None, min=0.0, max=MAX_RESOURCES_PER_ROW, callback=finite, rich_help_panel=BATCH_PANEL,
+        help="With --backend ray: GPUs each row holds (fractions share a GPU; default 1 when the cluster "
+        "has GPUs, else 0).",
+    ),
+    "cpus_per_row": typer.Option(
+        1.0, min=0.0, max=MAX_RESOURCES_PER_ROW, callback=finite, rich_help_panel=BATCH_PANEL,
+        help="With --backend ray: CPU cores each row holds (and uses as its thread count).",
+    ),
+})  # fmt: skip
 INPUT_HELP = "Orbit video file, folder of frames, or a `generate` output folder."
 ORBIT_NAMES = ("elevation", "radius", "fov", "start_azimuth", "direction", "full_turn")
 # The input-preparation options: every command that generates (generate, run, batch) takes all of them.
@@ -770,6 +795,13 @@ def folder_digest(folder: Path) -> str:
         digest.update(str(path.relative_to(folder)).encode())
         digest.update(path.read_bytes())
     return digest.hexdigest()
+
+
+def path_digest(path: Path) -> str:
+    """Hash of a file's name and bytes, or of a folder's files (`folder_digest`)."""
+    if path.is_dir():
+        return folder_digest(path)
+    return hashlib.sha256(path.name.encode() + path.read_bytes()).hexdigest()
 
 
 @dataclass
@@ -1066,31 +1098,136 @@ def run(
     Re-running with the same --out resumes: a stage whose outputs exist and whose inputs and
     parameters are unchanged is skipped; a changed parameter redoes that stage and what follows.
     """
+    params = locals()
+    stages = run_stages_of(params)
+    inputs = {
+        "image": image, "checkpoint": ckpt, "prompt file": prompt_file, "config file": config,
+        "segmenter": segmenter,
+    }  # fmt: skip
+    outcome = run_folder(out, stages, overwrite, quiet, inputs)
+    out = real_out(out)
+    typer.echo(f"video: {out / 'video' / 'orbit.mp4'}")
+    print_outputs(out / "asset", outcome.report)
+
+
+def run_stages_of(params: dict[str, Any], video: Path | None = None) -> RunStages:
+    """The RunStages of `run`'s (or a batch row's) parameters; with `video`, reconstruct that only."""
+    gen_config = None if video is not None else generate_config(params)
+    return RunStages(
+        gen_config, orbit_options(params), fit_options(params, "fit_seed"), params["preset"],
+        params["config"], params["engine"], export_options(params), video,
+    )  # fmt: skip
+
+
+def run_folder(
+    out: Path,
+    stages: RunStages,
+    overwrite: bool,
+    quiet: bool,
+    inputs: dict[str, Path | None],
+    generate: Callable[[GenerateConfig], GenerateResult] | None = None,
+    say: Callable[[str], None] = typer.echo,
+) -> RunOutcome:
+    """`run`'s whole job for one run folder, resumable; `batch` calls it once per manifest row.
+
+    Checks the inputs, takes the folder's lock and runs the stages that are not up to date. `generate`
+    replaces the plain generation call (a batch worker passes one that keeps its pipeline loaded);
+    `say` receives the "up to date, skipped" lines.
+    """
     from droplet3d.generate import validate as validate_generate
 
-    params = locals()
-    gen_config = generate_config(params)
-    stages = RunStages(
-        gen_config, orbit_options(params), fit_options(params, "fit_seed"), preset, config, engine,
-        export_options(params),
-    )  # fmt: skip
-    refuse_overlap(
-        out,
-        {"image": image, "checkpoint": ckpt, "prompt file": prompt_file, "config file": config,
-         "segmenter": segmenter},
-    )  # fmt: skip
-    validate_generate(gen_config)
-    if not image.is_file():
-        raise CLIError(f"image {image} does not exist")
+    refuse_overlap(out, inputs)
+    if stages.generate is not None:
+        validate_generate(stages.generate)
+        if not Path(stages.generate.image).is_file():
+            raise CLIError(f"image {stages.generate.image} does not exist")
+    elif stages.video is None or not stages.video.exists():
+        raise CLIError(f"video {stages.video} does not exist")
     out = real_out(out)
     make_parent(out.parent)
     with out_lock(out), terminate_as_exit():
         check_run_out(out, overwrite)
         out.mkdir(exist_ok=True)
         remove_run_leftovers(out)
-        report = run_stages(out, stages, quiet)
-    typer.echo(f"video: {out / 'video' / 'orbit.mp4'}")
-    print_outputs(out / "asset", report)
+        return run_stages(out, stages, quiet, generate, say)
+
+
+# --------------------------------------------------------------------------- batch
+@app.command(no_args_is_help=True)
+@guarded
+def batch(
+    manifest: Path = typer.Argument(
+        ...,
+        help="CSV or JSONL, one asset per row: id plus image and prompt (or prompt_file), generated with "
+        "--ckpt, or id plus video; any other column is that row's value of an option below.",
+    ),
+    out: Path = typer.Option(
+        ...,
+        help="Batch folder: a run folder per row id (as `run` writes), batch.json and summary.csv. "
+        "With --backend ray on a cluster: shared storage, at this path on every node.",
+    ),
+    ckpt: Path | None = OPTIONS["batch_ckpt"],
+    frames: int = OPTIONS["frames"],
+    height: int = OPTIONS["height"],
+    width: int = OPTIONS["width"],
+    steps: int = OPTIONS["steps"],
+    guidance_scale: float = OPTIONS["guidance_scale"],
+    seed: int = OPTIONS["seed"],
+    dtype: str = OPTIONS["dtype"],
+    noise_aug_strength: float = OPTIONS["noise_aug_strength"],
+    view_align: bool = OPTIONS["view_align"],
+    align_max_area: int = OPTIONS["align_max_area"],
+    offload: str = OPTIONS["offload"],
+    negative_prompt: str = OPTIONS["negative_prompt"],
+    fps: int = OPTIONS["fps"],
+    vae_tiling: bool = OPTIONS["vae_tiling"],
+    background: str = OPTIONS["background"],
+    remove_background: bool = OPTIONS["remove_background"],
+    segmenter: Path | None = OPTIONS["segmenter"],
+    recentre: bool = OPTIONS["recentre"],
+    fill: float = OPTIONS["fill"],
+    elevation: float | None = OPTIONS["elevation"],
+    radius: float | None = OPTIONS["radius"],
+    fov: float | None = OPTIONS["fov"],
+    start_azimuth: float | None = OPTIONS["start_azimuth"],
+    direction: str | None = OPTIONS["direction"],
+    full_turn: bool | None = OPTIONS["full_turn"],
+    orbit_mode: str | None = OPTIONS["orbit_mode"],
+    refine: bool | None = OPTIONS["refine"],
+    config: Path | None = OPTIONS["config"],
+    preset: str | None = OPTIONS["preset"],
+    iterations: int | None = OPTIONS["iterations"],
+    sh_degree: int | None = OPTIONS["sh_degree"],
+    resolution: int | None = OPTIONS["resolution"],
+    fit_seed: int | None = OPTIONS["run_fit_seed"],
+    engine: str = OPTIONS["engine"],
+    device: str = OPTIONS["device"],
+    overwrite: bool = typer.Option(
+        False,
+        help="Replace a non-empty --out that is not a batch folder, and row folders that are not "
+        "run folders.",
+    ),
+    quiet: bool = OPTIONS["quiet"],
+    faces: int | None = OPTIONS["faces"],
+    texture_size: int | None = OPTIONS["texture_size"],
+    vertex_colors: bool | None = OPTIONS["vertex_colors"],
+    splat_format: str | None = OPTIONS["splat_format"],
+    backend: str = OPTIONS["backend"],
+    address: str = OPTIONS["address"],
+    gpus_per_row: float | None = OPTIONS["gpus_per_row"],
+    cpus_per_row: float = OPTIONS["cpus_per_row"],
+) -> None:
+    """Many images or orbits to assets: each manifest row through `run`'s resumable stages.
+
+    A row that fails (missing file, bad option, out of memory, a crash) is recorded in batch.json and
+    summary.csv and the others go on; the exit code is 1 when any row failed. Re-running skips the
+    rows that are done.
+    """
+    import batch as batch_module
+
+    failed = batch_module.run_batch(manifest, out, locals())
+    if failed:
+        raise typer.Exit(batch_module.EXIT_ROWS_FAILED)
 
 
 # Generation settings that change no pixel of the frames. They stay out of the fingerprint, so changing
@@ -1107,15 +1244,19 @@ GLB_HEADER_BYTES = 12
 class RunStages:
     """What `run` does, and the fingerprint of each stage: only the settings that change its outputs."""
 
-    generate: GenerateConfig
+    generate: GenerateConfig | None
+    """The generation; None for a reconstruct-only run (a batch row that names a video)."""
     orbit: dict[str, object]
     fit: dict[str, object]
     preset: str | None
     config: Path | None
     engine: str
     export: dict[str, object]
+    video: Path | None = None
+    """The orbit a reconstruct-only run reconstructs (video file, frames folder or generate folder)."""
 
     def generate_key(self) -> str:
+        assert self.generate is not None, "a reconstruct-only run has no generate stage"
         params = {k: v for k, v in vars(self.generate).items() if k not in NON_OUTPUT_GENERATE_SETTINGS}
         params["image"] = hashlib.sha256(Path(self.generate.image).read_bytes()).hexdigest()
         params["ckpt"] = str(Path(self.generate.ckpt).resolve())
@@ -1127,12 +1268,28 @@ class RunStages:
         return fingerprint(params)
 
     def reconstruct_key(self, video_dir: Path) -> str:
+        """`video_dir` is the generate stage's folder, or for a reconstruct-only run its `video`.
+
+        Of a generated orbit only frames/ counts (a re-mux at another --fps changes no frame); a given
+        orbit counts whole, since its generation.json or file name can carry the orbit's parameters.
+        """
         config_text = self.config.read_text() if self.config is not None and self.config.is_file() else None
+        video = folder_digest(video_dir / "frames") if self.generate is not None else path_digest(video_dir)
         return fingerprint(
             {"orbit": self.orbit, "fit": {**self.fit, "device": device_key(str(self.fit.get("device")))},
              "preset": self.preset, "config": config_text,
-             "engine": self.engine, "export": self.export, "video": folder_digest(video_dir / "frames")}
+             "engine": self.engine, "export": self.export, "video": video}
         )  # fmt: skip
+
+
+@dataclass
+class RunOutcome:
+    """What `run_stages` did for one run folder."""
+
+    report: dict[str, object]
+    """The asset's report.json."""
+    seconds: dict[str, float] = field(default_factory=dict)
+    """Wall seconds of each stage that ran this time (a stage that was up to date is absent)."""
 
 
 def device_key(device: str) -> str:
@@ -1255,35 +1412,49 @@ def orbit_fps(video: Path) -> float | None:
         return None
 
 
-def run_stages(out: Path, stages: RunStages, quiet: bool) -> dict[str, object]:
+def run_stages(
+    out: Path,
+    stages: RunStages,
+    quiet: bool,
+    generate: Callable[[GenerateConfig], GenerateResult] | None = None,
+    say: Callable[[str], None] = typer.echo,
+) -> RunOutcome:
     """`run`'s two stages, each skipped only when its fingerprint matches and its outputs parse.
 
-    Call with the run's lock held.
+    Call with the run's lock held. A reconstruct-only run (`stages.generate` is None) reconstructs
+    `stages.video` and has no video/ folder.
     """
-    from droplet3d.generate import generate as run_generate
-    from droplet3d.generate import write_outputs
+    import droplet3d.generate
     from recon import api
 
     video_dir, asset_dir = out / "video", out / "asset"
     state = RunState.load(out)
     log = _logger(quiet)
+    seconds: dict[str, float] = {}
     gen = stages.generate
-    gen_key = stages.generate_key()
-    problem = (
-        generate_outputs_problem(video_dir, gen) if state.stages.get("generate") == gen_key else "changed"
-    )
-    if problem is None:
-        typer.echo(f"generate: up to date in {video_dir}, skipped")
-        if orbit_fps(video_dir / "orbit.mp4") != gen.fps:
-            remux_orbit(video_dir, gen.fps)
+    if gen is None:
+        assert stages.video is not None, "a reconstruct-only run names its video"
+        video_dir = stages.video
     else:
-        if problem != "changed":
-            log(f"generate: {problem}; generating again")
-        state.forget("generate")
-        with staged_output(video_dir, True, generate_output_bytes(gen), lock=False) as tmp:
-            result = run_generate(gen, warn=warn)
-            write_outputs(result, tmp, fps=gen.fps, progress=not quiet)
-        state.mark("generate", gen_key)
+        gen_key = stages.generate_key()
+        problem = (
+            generate_outputs_problem(video_dir, gen) if state.stages.get("generate") == gen_key else "changed"
+        )
+        if problem is None:
+            say(f"generate: up to date in {video_dir}, skipped")
+            if orbit_fps(video_dir / "orbit.mp4") != gen.fps:
+                remux_orbit(video_dir, gen.fps)
+        else:
+            if problem != "changed":
+                log(f"generate: {problem}; generating again")
+            state.forget("generate")
+            start = time.perf_counter()
+            with staged_output(video_dir, True, generate_output_bytes(gen), lock=False) as tmp:
+                # Looked up at call time, so a test's stand-in for droplet3d.generate.generate is used.
+                result = generate(gen) if generate else droplet3d.generate.generate(gen, warn=warn)
+                droplet3d.generate.write_outputs(result, tmp, fps=gen.fps, progress=not quiet)
+            state.mark("generate", gen_key)
+            seconds["generate"] = time.perf_counter() - start
 
     recon_key = stages.reconstruct_key(video_dir)
     problem = (
@@ -1291,18 +1462,20 @@ def run_stages(out: Path, stages: RunStages, quiet: bool) -> dict[str, object]:
         else "changed"
     )  # fmt: skip
     if problem is None:
-        typer.echo(f"reconstruct: up to date in {asset_dir}, skipped")
-        return json.loads((asset_dir / "report.json").read_text())
+        say(f"reconstruct: up to date in {asset_dir}, skipped")
+        return RunOutcome(json.loads((asset_dir / "report.json").read_text()), seconds)
     if problem != "changed":
         log(f"reconstruct: {problem}; reconstructing again")
     state.forget("reconstruct")
+    start = time.perf_counter()
     with staged_output(asset_dir, True, lock=False) as tmp:
         report = api.reconstruct(
             video_dir, tmp, stages.orbit, stages.fit, stages.preset, stages.config, stages.engine,
             progress=not quiet, log=log, export_options=stages.export,
         )  # fmt: skip
     state.mark("reconstruct", recon_key)
-    return report
+    seconds["reconstruct"] = time.perf_counter() - start
+    return RunOutcome(report, seconds)
 
 
 def main() -> None:

@@ -339,8 +339,67 @@ def run_view_alignment(
     return align_view(image, paths.root, align_config, progress=config.progress)
 
 
-def generate(config: GenerateConfig, warn: Callable[[str], None] = print) -> GenerateResult:
-    """Run the full stack. Returns the orbit frames and the record written to generation.json."""
+def ready_pipeline(
+    paths: CheckpointPaths, dtype: torch.dtype, device: torch.device, config: GenerateConfig
+) -> tuple[Droplet3DPipeline, list[str]]:
+    """A loaded, placed pipeline with the run's speed-ups and VAE mode, and the speed-ups' names."""
+    pipe = load_pipeline(paths, dtype, device, config.offload)
+    speedups = apply_speedups(pipe, config, device)
+    if config.vae_tiling:
+        pipe.vae.enable_tiling()
+    return pipe, speedups
+
+
+@dataclass
+class PipelineCache:
+    """Keeps the video pipeline loaded from one generation to the next, in a process that makes many.
+
+    Loading the five components takes about a minute for the 5B model, as long as a whole generation on
+    a fast GPU; a batch worker generates many orbits with one load. The price: the text encoder stays
+    (T5-XXL, 9.5 GB on the GPU without offload) instead of being dropped after encoding. A different
+    checkpoint, device, dtype or memory mode loads afresh, and so does view alignment on CUDA: Kontext
+    and the video model never share the GPU, as in a single generation.
+    """
+
+    key: tuple[str, ...] | None = None
+    """What the held pipeline was loaded for; None when none is held."""
+    pipe: Droplet3DPipeline | None = None
+    """The held pipeline."""
+    speedups: list[str] = field(default_factory=list)
+    """The speed-ups applied when it was loaded (recorded in each generation.json)."""
+    loads: int = 0
+    """How many times a pipeline was loaded (a batch reports it; tests check it)."""
+
+    def get(
+        self, paths: CheckpointPaths, dtype: torch.dtype, device: torch.device, config: GenerateConfig
+    ) -> tuple[Droplet3DPipeline, list[str]]:
+        key = (str(paths.root), str(dtype), str(device), config.offload, str(config.compile),
+               str(config.vae_tiling))  # fmt: skip
+        if self.pipe is None or self.key != key:
+            self.clear()
+            self.pipe, self.speedups = ready_pipeline(paths, dtype, device, config)
+            self.key = key
+            self.loads += 1
+        return self.pipe, self.speedups
+
+    def clear(self) -> None:
+        """Free the held pipeline (before a different one, or Kontext, needs the memory)."""
+        if self.pipe is None:
+            return
+        self.pipe, self.key = None, None
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+
+def generate(
+    config: GenerateConfig, warn: Callable[[str], None] = print, pipelines: PipelineCache | None = None
+) -> GenerateResult:
+    """Run the full stack. Returns the orbit frames and the record written to generation.json.
+
+    With `pipelines`, the video pipeline is taken from (and left in) that cache instead of being
+    loaded for this call alone.
+    """
     validate(config)
     device = resolve_device(config.device)
     dtype = resolve_dtype(config.dtype, device)
@@ -356,6 +415,8 @@ def generate(config: GenerateConfig, warn: Callable[[str], None] = print) -> Gen
 
     with cuda_oom_as_error():
         if config.view_align:
+            if pipelines is not None and device.type == "cuda":
+                pipelines.clear()
             with timer("view_align"):
                 aligned = run_view_alignment(image, config, paths, dtype, device)
             gc.collect()
@@ -368,10 +429,10 @@ def generate(config: GenerateConfig, warn: Callable[[str], None] = print) -> Gen
         del segmenter
 
         with timer("load"), loading_bars(config.progress):  # --quiet silences transformers' bar too
-            pipe = load_pipeline(paths, dtype, device, config.offload)
-            speedups = apply_speedups(pipe, config, device)
-            if config.vae_tiling:
-                pipe.vae.enable_tiling()
+            if pipelines is None:
+                pipe, speedups = ready_pipeline(paths, dtype, device, config)
+            else:
+                pipe, speedups = pipelines.get(paths, dtype, device, config)
         pipe.set_progress_bar_config(disable=not config.progress, desc="denoise", leave=False)
 
         prompt = full_prompt(config.prompt)
@@ -382,7 +443,7 @@ def generate(config: GenerateConfig, warn: Callable[[str], None] = print) -> Gen
                     limit = f"the {which} is longer than {MAX_TEXT_TOKENS} T5 tokens"
                     warn(f"{limit}; the text from {text[:60]!r}... onwards is dropped")
             embeds = pipe.encode_text(ids).to(dtype)
-            if config.offload == "none" and device.type == "cuda":
+            if config.offload == "none" and device.type == "cuda" and pipelines is None:
                 pipe.release_text_encoder()  # T5-XXL is ~9.5 GB on the GPU; it is not needed again
                 torch.cuda.empty_cache()
 
