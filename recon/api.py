@@ -35,8 +35,15 @@ def demo_video() -> Path:
 
 
 def write_poses(out: Path, frames: OrbitFrames, orbit: OrbitConfig) -> Cameras:
-    """Write out/images/00000.png... and out/transforms.json (nerfstudio format) for `frames`."""
+    """Write out/images/00000.png... and out/transforms.json (nerfstudio format) for `frames`.
+
+    transforms.json is in the asset frame (`recon.frames`: +Y up, frame 0's side toward +Z), as every
+    file `reconstruct` writes, so poses alone line up with a mesh made later. Returns the cameras in
+    the fitting world frame (+Z up).
+    """
     import imageio.v3 as iio
+
+    from recon.frames import asset_transform, cameras_to_asset, front_direction
 
     cameras = orbit_cameras(frames.count, orbit, frames.width, frames.height)
     images = Path(out) / "images"
@@ -46,7 +53,8 @@ def write_poses(out: Path, frames: OrbitFrames, orbit: OrbitConfig) -> Cameras:
         name = f"images/{i:05d}.png"
         iio.imwrite(Path(out) / name, frame)
         names.append(name)
-    write_transforms(Path(out) / "transforms.json", cameras, names, orbit)
+    transform = asset_transform(front_direction(cameras))
+    write_transforms(Path(out) / "transforms.json", cameras_to_asset(cameras, transform), names, orbit)
     return cameras
 
 
@@ -156,7 +164,8 @@ def _fit_and_export(
     # Export: every file in the asset frame (recon.frames), transforms.json rewritten to match.
     transform = asset_transform(front_direction(cameras))
     files, asset = write_asset(out, mesh, result.splats, result.cameras, settings.export, transform)
-    world_cams, names = read_transforms(Path(out) / "transforms.json")
+    _, names = read_transforms(Path(out) / "transforms.json")
+    world_cams = cameras
     if result.initial_cameras is not None:  # the refined poses and focal length, at the frames' size
         orbit_choice["pose_refinement"] = corrections(result.initial_cameras, result.cameras)
         world_cams = result.cameras.scaled(frames.width, frames.height)
@@ -254,8 +263,8 @@ def _splatfacto(out: Path, settings: Settings, log: Any, orbit_choice: dict[str,
         "nerfstudio_config": str(configs[-1]),
         "files": {"splats": "splats.ply", "transforms": "transforms.json"},
         "frames_of_reference": {
-            "splats.ply, transforms.json": "world, +Z up, object at the origin (nerfstudio's re-centring, "
-            "re-orientation and auto-scaling turned off)",
+            "splats.ply, transforms.json": "asset frame: +Y up, frame 0's side toward +Z, object at the "
+            "origin (nerfstudio's re-centring, re-orientation and auto-scaling turned off)",
         },
     }
     (Path(out) / "report.json").write_text(json.dumps(report, indent=2))

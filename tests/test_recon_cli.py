@@ -141,10 +141,12 @@ def test_poses_cli_on_a_generate_folder_uses_its_orbit(frames: np.ndarray, tmp_p
     assert result.exit_code == 0, result.output
     data = json.loads((out / "transforms.json").read_text())
     assert data["orbit"]["elevation"] == 30.0 and data["orbit"]["radius"] == 2.5  # the option wins
-    c1 = np.array(data["frames"][1]["transform_matrix"])[:3, 3]
+    # The asset frame, as reconstruct writes it: +Y up, frame 0 on +Z, +X a quarter turn ccw from it.
+    c0, c1 = (np.array(data["frames"][i]["transform_matrix"])[:3, 3] for i in (0, 1))
     assert np.linalg.norm(c1) == pytest.approx(2.5)
-    assert np.degrees(np.arcsin(c1[2] / 2.5)) == pytest.approx(30.0)
-    assert np.degrees(np.arctan2(c1[1], c1[0])) == pytest.approx(-22.5)  # cw: azimuth decreases
+    assert np.degrees(np.arcsin(c1[1] / 2.5)) == pytest.approx(30.0)
+    assert np.degrees(np.arctan2(c0[0], c0[2])) == pytest.approx(0.0, abs=1e-9)
+    assert np.degrees(np.arctan2(c1[0], c1[2])) == pytest.approx(-22.5)  # cw: azimuth decreases
     assert (out / "images" / "00015.png").is_file()
 
 

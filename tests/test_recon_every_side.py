@@ -125,12 +125,16 @@ def test_mesh_has_no_inner_walls_and_closes_the_unseen_underside_flat(tall_fit) 
     print(f"mesh area deep inside the object: {100 * inner.mean():.2f}%")
     assert inner.mean() < 0.01, "inner walls inside the object"
     bottom = min(p.center[2] - (p.radius if isinstance(p, synthetic.Sphere) else p.half[2]) for p in scene)
-    assert mesh.vertices[:, 2].min() > bottom - 0.04, "the underside bulges into the hull's hidden cone"
-    # A cap faces down under the middle of the bottom: the mesh is closed there.
+    # A 300-step fit at 64 px stands about 0.03 proud everywhere, the observed bottom rim included.
+    assert mesh.vertices[:, 2].min() > bottom - 0.06, "the underside bulges into the hull's hidden cone"
+    # A flat cap faces down under the middle of the bottom: the mesh is closed there. (Fused from
+    # renders below the orbit, this mesh had 0.0002 of cap area here: an open underside.)
     normals, centres = mesh.face_normals, mesh.triangles_center
     under = (np.abs(centres[:, 0]) < 0.2) & (np.abs(centres[:, 1]) < 0.15) & (centres[:, 2] < bottom + 0.04)
-    cap = mesh.area_faces[under & (normals[:, 2] < -0.7)].sum()
-    assert cap > 0.5 * 0.4 * 0.3, "no surface closes the unseen underside"
+    cap = under & (normals[:, 2] < -0.7)
+    assert mesh.area_faces[cap].sum() > 0.5 * 0.4 * 0.3, "no surface closes the unseen underside"
+    low, high = np.percentile(centres[cap, 2], [5, 95])
+    assert high - low < 0.02, "the cap is not flat"
 
 
 def test_view_from_above_a_scene_whose_working_volume_leaves_the_frame(tall_fit) -> None:

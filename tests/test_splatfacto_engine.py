@@ -71,4 +71,4 @@ def test_splatfacto_keeps_our_frame_and_writes_splats_ply(fake_nerfstudio: Path,
     assert (out / "splats.ply").is_file() and not (out / "splat.ply").exists()
     assert (out / "transforms.json").is_file()
     report = json.loads((out / "report.json").read_text())
-    assert report["engine"] == "splatfacto" and "+Z up" in json.dumps(report["frames_of_reference"])
+    assert report["engine"] == "splatfacto" and "+Y up" in json.dumps(report["frames_of_reference"])
