@@ -64,7 +64,7 @@ def test_reconstruct_cli_on_a_video(video: Path, tmp_path: Path) -> None:
     assert meta["frames"][0]["file_path"] == "images/00000.png"
     # No orbit options: the orbit is estimated (the video is at elevation 15) and the poses refined, so
     # transforms.json holds the refined cameras, a little off the nominal circle.
-    assert report["orbit_estimate"]["mode"] == "auto" and report["orbit"]["radius"] == 2.0
+    assert report["orbit_estimate"]["plan"]["mode"] == "auto" and report["orbit"]["radius"] == 2.0
     el = np.radians(report["orbit"]["elevation"])
     # Asset frame: +Y up, first camera on +Z. Frame 4 of 16, ccw, is a quarter turn on: +X.
     expected = np.array([np.cos(el), np.sin(el), 0.0])
