@@ -12,7 +12,7 @@ elevation error, fitted from the true nominal orbit with refinement; target: eve
 degree of its true pose (after removing the mean offset, a gauge: a rotation of the whole scene).
 
     python benchmarks/bench_orbit.py [--grid] [--jitter] [--frames 42] [--size 128] [--resolution 64]
-        [--iterations 300]
+        [--iterations 300] [--orbits 20/40/ccw,20/40/cw]
 """
 
 from __future__ import annotations
@@ -131,6 +131,11 @@ def main() -> None:
     parser.add_argument("--jitter", action="store_true", help="Also the per-frame jitter orbit.")
     parser.add_argument("--only-jitter", action="store_true")
     parser.add_argument("--estimate-only", action="store_true", help="Only the estimates (no fits, no PSNR).")
+    parser.add_argument(
+        "--orbits",
+        default="",
+        help="Only these orbits, e.g. 20/40/ccw,35/50/ccw (default: the subset or grid).",
+    )
     parser.add_argument("--frames", type=int, default=42)
     parser.add_argument("--size", type=int, default=128)
     parser.add_argument("--resolution", type=int, default=64)
@@ -150,7 +155,8 @@ def main() -> None:
             f"{'PSNR true':>9} {'PSNR auto':>9} "
             f"{'est s':>6} {'fit s':>6} {'share':>6}"
         )
-        for el, fov, direction in GRID if args.grid else SUBSET:
+        chosen = [(float(e), float(f), d) for e, f, d in (o.split("/") for o in args.orbits.split(",") if o)]
+        for el, fov, direction in chosen or (GRID if args.grid else SUBSET):
             r = run_orbit(el, fov, direction, args)
             share = r["t_est"] / r["t_fit"]
             if args.estimate_only:  # NaN comparisons are False: judge the estimate alone

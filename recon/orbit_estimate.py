@@ -35,7 +35,7 @@ repeats the first, so their difference is far below that of neighbouring frames.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -133,19 +133,20 @@ def track_errors(tracks: Tracks, c2w: np.ndarray, focal: float) -> np.ndarray:
     """
     cx, cy = tracks.width / 2.0, tracks.height / 2.0
     valid = tracks.valid
-    cams = c2w[np.clip(tracks.frames, 0, None)]  # [T, L, 4, 4]
+    frames = np.clip(tracks.frames, 0, None)
+    cams = c2w[frames]  # [T, L, 4, 4]
     x = (tracks.uv[..., 0] - cx) / focal
     y = -(tracks.uv[..., 1] - cy) / focal
     local = np.stack([x, y, -np.ones_like(x)], -1)
-    d = np.einsum("tlij,tlj->tli", cams[..., :3, :3], np.nan_to_num(local))
+    d = (cams[..., :3, :3] @ np.nan_to_num(local)[..., None])[..., 0]
     d = d / np.linalg.norm(d, axis=-1, keepdims=True) * valid[..., None]
     origin = cams[..., :3, 3]
     proj = (np.eye(3) - d[..., :, None] * d[..., None, :]) * valid[..., None, None]
     a = proj.sum(1) + 1e-9 * np.eye(3)
-    b = np.einsum("tlij,tlj->ti", proj, origin)
+    b = (proj @ origin[..., None])[..., 0].sum(1)
     points = np.linalg.solve(a, b[..., None])[..., 0]  # [T, 3]
-    view = np.linalg.inv(cams @ GL_TO_CV)
-    pc = np.einsum("tlij,tj->tli", view[..., :3, :3], points) + view[..., :3, 3]
+    view = np.linalg.inv(c2w @ GL_TO_CV)[frames]  # invert the N cameras once, not every observation
+    pc = (view[..., :3, :3] @ points[:, None, :, None])[..., 0] + view[..., :3, 3]
     z = np.maximum(pc[..., 2], 1e-3)  # a point behind a camera reprojects far away
     err = np.hypot(
         focal * pc[..., 0] / z + cx - tracks.uv[..., 0], focal * pc[..., 1] / z + cy - tracks.uv[..., 1]
@@ -167,7 +168,8 @@ class _Problem:
         self.tracks, self.n, self.base = tracks, n, base
 
     def errors(self, elevation: float, fov: float, direction: str) -> np.ndarray:
-        orbit = self.base.updated({"elevation": float(elevation), "fov": float(fov), "direction": direction})
+        # dataclasses.replace, not `updated`: this runs thousands of times and needs no validation.
+        orbit = replace(self.base, elevation=float(elevation), fov=float(fov), direction=direction)
         cams = orbit_cameras(self.n, orbit, self.tracks.width, self.tracks.height)
         return track_errors(self.tracks, cams.c2w, cams.fy)
 

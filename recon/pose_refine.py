@@ -4,11 +4,19 @@ A generated orbit is not a perfect circle: frames jitter by a degree or so, and 
 by a fraction of a degree. Fitting splats to slightly wrong cameras blurs the asset; letting each camera
 move a little lets the photometric loss put it where its frame says it is.
 
-Parametrisation (as nerfstudio's camera optimiser, SO3xR3 on the left of the world-to-camera matrix):
-each frame holds a twist ``xi = (omega, v)`` in its own camera's axes (OpenCV), and its viewmat becomes
-``exp(hat(xi)) @ viewmat``; one log-scale multiplies the shared focal length. Both rasterisers
-differentiate through `viewmats` and `Ks` (gsplat's kernels; `recon.raster_torch` by autograd, checked
-against finite differences and gsplat in the tests).
+Parametrisation, shaped by the orbit: each frame holds a rotation vector ``omega`` *in world axes about
+the orbit's centre* (the origin, where every camera looks) and a small translation ``v`` in its own
+camera's axes (OpenCV); its viewmat becomes ``T(v) @ viewmat @ R(omega)^T``, i.e. its camera-to-world
+``R(omega) @ c2w`` moved by ``v``. One log-scale multiplies the shared focal length. Why not a free
+SE(3) twist in camera axes (nerfstudio's SO3xR3)? Turning a camera about its own centre and sliding it
+sideways shift the image alike (they differ only by the parallax of the object's depth, +-15% of the
+radius), so a free twist splits a frame's azimuth error between the two at random and the camera centre,
+hence the recorded azimuth and elevation, barely moves (measured: +-1 degree jitter stayed at about
+1 degree). A rotation about the orbit's centre moves the view and the centre together, as an orbit's
+jitter does; the camera-axis translation keeps a much smaller learning rate (`FitConfig`), so it only
+takes what rotation about the centre cannot explain (an object off the centre, a wobble in distance).
+Both rasterisers differentiate through `viewmats` and `Ks` (gsplat's kernels; `recon.raster_torch` by
+autograd, checked against finite differences and gsplat in the tests).
 
 Each frame is rendered only every N-th step, so its twist is its own tensor: Adam skips tensors without a
 gradient, so a frame's correction moves only on the steps that saw it (a shared [N, 6] tensor would keep
@@ -30,6 +38,16 @@ from recon.poses import GL_TO_CV, Cameras
 FINAL_LR_SHARE = 0.05  # the corrections' learning rate decays to this share by the end of the fit
 
 
+def rotation_about_centre(omega: Tensor) -> Tensor:
+    """Homogeneous rotation [4, 4] by the rotation vector `omega` [3] about the world origin."""
+    return twist_matrix(torch.cat([omega, omega.new_zeros(3)]))
+
+
+def translation(v: Tensor) -> Tensor:
+    """Homogeneous translation [4, 4] by `v` [3]."""
+    return twist_matrix(torch.cat([v.new_zeros(3), v]))
+
+
 def twist_matrix(xi: Tensor) -> Tensor:
     """SE(3) exponential [4, 4] of a twist [6] = (rotation vector, translation)."""
     w, v = xi[:3], xi[3:]
@@ -41,8 +59,14 @@ def twist_matrix(xi: Tensor) -> Tensor:
     return torch.linalg.matrix_exp(hat)
 
 
+def corrected_viewmat(xi: Tensor, viewmat: Tensor) -> Tensor:
+    """`viewmat` [4, 4] (world-to-camera) with the correction `xi` = (omega, v) in metric units applied."""
+    return translation(xi[3:]) @ viewmat @ rotation_about_centre(xi[:3]).T
+
+
 class PoseRefiner:
-    """Per-frame twists and a focal log-scale with their own Adam and learning-rate schedule."""
+    """Per-frame corrections (rotation about the orbit's centre, camera-axis translation) and a focal
+    log-scale, with their own Adam and learning-rate schedule."""
 
     def __init__(
         self, n: int, device: torch.device, lr_rotation: float, lr_translation: float, lr_focal: float,
@@ -50,8 +74,8 @@ class PoseRefiner:
     ) -> None:  # fmt: skip
         self.twists = [torch.zeros(6, device=device, requires_grad=True) for _ in range(n)]
         self.log_focal = torch.zeros(1, device=device, requires_grad=True)
-        # One Adam group per kind: rotation and translation share each twist tensor, so their step sizes
-        # are set by scaling the gradient's units (radians vs world units) with `unit`.
+        # twists[i] = (omega, v). Rotation and translation share each tensor, so their step sizes are set
+        # by scaling the parameters' units (radians vs world units) with `unit`.
         self.unit = torch.tensor([1.0] * 3 + [lr_translation / lr_rotation] * 3, device=device)
         self.optimizer = torch.optim.Adam(
             [{"params": self.twists, "lr": lr_rotation}, {"params": [self.log_focal], "lr": lr_focal}],
@@ -65,10 +89,14 @@ class PoseRefiner:
 
     def camera(self, i: int, viewmat: Tensor, K: Tensor) -> tuple[Tensor, Tensor]:
         """Frame `i`'s corrected viewmat [1, 4, 4] and intrinsics [1, 3, 3] (differentiable)."""
-        corrected = twist_matrix(self.twists[i] * self.unit) @ viewmat[0]
+        corrected = self._delta(i, viewmat[0])
         scale = torch.exp(self.log_focal)[0]
         focal = torch.diag(torch.stack([scale, scale, scale.new_ones(())]))
         return corrected[None], (focal @ K[0])[None]  # scales fx, fy and keeps cx, cy
+
+    def _delta(self, i: int, viewmat: Tensor) -> Tensor:
+        """Frame `i`'s corrected world-to-camera matrix [4, 4]."""
+        return corrected_viewmat(self.twists[i] * self.unit, viewmat)
 
     def step(self, step: int) -> None:
         """Apply the gradients of this step (none before `start_step`), then clear them."""
@@ -84,8 +112,10 @@ class PoseRefiner:
     def refined(self, cameras: Cameras) -> Cameras:
         """`cameras` with every correction applied (same resolution)."""
         with torch.no_grad():
-            deltas = torch.stack([twist_matrix(t * self.unit) for t in self.twists]).cpu().double().numpy()
-        viewmats = deltas @ cameras.viewmats()
+            unit = self.unit.cpu().double()
+            views = torch.tensor(cameras.viewmats(), dtype=torch.float64)
+            pairs = zip(self.twists, views, strict=True)
+            viewmats = torch.stack([corrected_viewmat(t.cpu().double() * unit, v) for t, v in pairs]).numpy()
         c2w = np.linalg.inv(viewmats) @ np.linalg.inv(GL_TO_CV)
         s = self.focal_scale
         return Cameras(c2w, cameras.fx * s, cameras.fy * s, cameras.cx, cameras.cy, cameras.width,

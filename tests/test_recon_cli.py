@@ -62,10 +62,15 @@ def test_reconstruct_cli_on_a_video(video: Path, tmp_path: Path) -> None:
     assert report["mesh"]["faces"] <= 4000 and report["mesh"]["texture_size"] == 256
     meta = json.loads((out / "transforms.json").read_text())
     assert meta["frames"][0]["file_path"] == "images/00000.png"
-    el = np.radians(15.0)
+    # No orbit options: the orbit is estimated (the video is at elevation 15) and the poses refined, so
+    # transforms.json holds the refined cameras, a little off the nominal circle.
+    assert report["orbit_estimate"]["plan"]["mode"] == "auto" and report["orbit"]["radius"] == 2.0
+    el = np.radians(report["orbit"]["elevation"])
     # Asset frame: +Y up, first camera on +Z. Frame 4 of 16, ccw, is a quarter turn on: +X.
-    expected = 2.0 * np.array([np.cos(el), np.sin(el), 0.0])
-    np.testing.assert_allclose(np.array(meta["frames"][4]["transform_matrix"])[:3, 3], expected, atol=1e-6)
+    expected = np.array([np.cos(el), np.sin(el), 0.0])
+    centre = np.array(meta["frames"][4]["transform_matrix"])[:3, 3]
+    assert np.degrees(np.arccos(centre @ expected / np.linalg.norm(centre))) < 3.0
+    assert abs(np.linalg.norm(centre) - 2.0) < 0.05
     assert_files_overlay(out, report)
     preview = iio.imread(out / "preview.mp4")
     assert preview.shape[0] == 48 and preview.shape[-1] == 3
