@@ -22,6 +22,7 @@ import math
 import os
 import re
 import shutil
+import signal
 import socket
 import sys
 import time
@@ -585,6 +586,8 @@ def ray_session(address: str) -> Iterator[Any]:
     if ray.is_initialized():
         yield ray
         return
+    # ray.init replaces the process's SIGTERM/SIGINT handlers; ours (staging clean-up) come back after.
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
         ray.init(address=address, include_dashboard=False, logging_level=logging.WARNING)
     except (ConnectionError, ValueError, RuntimeError) as exc:
@@ -593,6 +596,8 @@ def ray_session(address: str) -> Iterator[Any]:
         yield ray
     finally:
         ray.shutdown()
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
 
 
 def row_slots(ray: Any, backend: Backend) -> tuple[int, float]:

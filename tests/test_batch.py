@@ -127,9 +127,13 @@ def test_rerunning_a_batch_redoes_nothing(orbits: Path, local_batch: tuple[Path,
 def local_ray() -> Any:
     """A Ray instance of this process with 2 CPUs; `batch --backend ray` uses it as it is."""
     ray = pytest.importorskip("ray")
+    # ray.init installs its own SIGTERM/SIGINT handlers; later tests check ours, so put them back.
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield ray
     ray.shutdown()
+    for sig, handler in handlers.items():
+        signal.signal(sig, handler)
 
 
 def test_ray_backend_gives_the_same_outputs(

@@ -172,7 +172,7 @@ def test_a_run_folder_holding_only_leftovers_resumes(
     (out / ".asset.partial-killed" / "images").mkdir(parents=True)
     (out / ".video.partial-killed").mkdir()
     stages: list[Path] = []
-    monkeypatch.setattr(cli, "run_stages", lambda out, *a, **k: stages.append(out) or {})
+    monkeypatch.setattr(cli, "run_stages", lambda out, *a, **k: stages.append(out) or cli.RunOutcome({}))
     args = ["run", "--ckpt", str(tiny_ckpt), "--image", str(reference_dir / "ref_image.png"),
             "--prompt", USER_PROMPT, "--out", str(out)]  # fmt: skip
     result = runner.invoke(app, args)

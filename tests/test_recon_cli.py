@@ -127,8 +127,14 @@ def assert_files_overlay(out: Path, report: dict) -> None:
     assert (masks[np.arange(len(cams))[:, None], v, u] & (z > 0)).mean() > 0.7
     from scipy.spatial import cKDTree
 
-    # 80 steps leave most gaussians faint: compare with all centres (measured 0.037; turned 0.057).
-    assert cKDTree(splats.means.numpy()).query(vertices)[0].mean() < 0.05
+    # 80 steps leave most gaussians faint: compare with all centres. The median, because the underside
+    # no view sees is closed from the hull, where no gaussian sits. A quarter turn about the vertical (the
+    # error this guards against) must move the mesh clearly off the splats.
+    tree = cKDTree(splats.means.numpy())
+    turned = vertices[:, [2, 1, 0]] * np.array([1.0, 1.0, -1.0])
+    near, off = np.median(tree.query(vertices)[0]), np.median(tree.query(turned)[0])
+    print(f"mesh to splat centres: median {near:.4f}, turned a quarter {off:.4f}")
+    assert near < 0.04 and near < 0.7 * off
 
 
 def test_poses_cli_on_a_generate_folder_uses_its_orbit(frames: np.ndarray, tmp_path: Path) -> None:

@@ -56,10 +56,13 @@ def test_psnr_at_views_not_used_for_training(fitted) -> None:
     higher = held_out_psnr(splats, synthetic.orbit_c2w(np.arange(6) * 60.0 + 20.0, 35.0, 2.0))
     print(f"unseen orbit views {np.mean(unseen_orbit):.2f} dB, between views {np.mean(between):.2f}, "
           f"+20 deg {np.mean(higher):.2f}")  # fmt: skip
-    # A small, short fit (64 px, 18 views with 30-degree gaps, 500 steps) measures about 27 / 27 / 23.6 dB;
-    # wrong poses or a broken rasteriser give 12-16 dB. The benchmark checks the full-size targets.
+    # A small, short fit (64 px, 18 views with 30-degree gaps, 500 steps) measures about 27 / 26.2 / 24.6 dB
+    # (worst view between 20.3); wrong poses or a broken rasteriser give 12-16 dB. The coverage term
+    # (`solid_lambda`) costs this fit about 1 dB between views (27.2 without it) and buys a solid surface:
+    # without it a 24-view fit's mesh had 26% of its area as walls inside the object. The benchmark
+    # checks the full-size targets.
     assert np.mean(unseen_orbit) >= 25.5 and min(unseen_orbit) >= 22.0
-    assert np.mean(between) >= 25.5 and min(between) >= 20.5
+    assert np.mean(between) >= 25.5 and min(between) >= 20.0
     assert np.mean(higher) >= 21.0
     assert np.mean(fitted["result"].psnr) >= 27.0  # training views
 
