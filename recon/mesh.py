@@ -23,6 +23,7 @@ from recon.errors import ReconError
 from recon.fit import Splats
 from recon.hull import VisualHull
 from recon.overrides import with_overrides
+from recon.pose_refine import orbit_angles
 from recon.poses import Cameras, look_at_c2w, orbit_positions
 
 
@@ -61,17 +62,14 @@ FILL_WEIGHT = 1.0  # TSDF weight given to voxels closed from the hull (any weigh
 def meshing_cameras(cameras: Cameras, size: int, extra_views: int) -> Cameras:
     """The training cameras plus one ring beyond the orbit on the side it looks from, at `size` px."""
     c = cameras.scaled(size, round(size * cameras.height / cameras.width))
-    centers = c.centers()
-    radius = float(np.linalg.norm(centers, axis=1).mean())
-    orbit_elevation = float(
-        np.degrees(np.arcsin(np.clip(centers[:, 2] / np.linalg.norm(centers, axis=1), -1, 1))).mean()
-    )
+    if extra_views <= 0:
+        return c
+    radius = float(np.linalg.norm(c.centers(), axis=1).mean())
+    orbit_elevation = float(orbit_angles(c.c2w)[1].mean())
     side = 1.0 if orbit_elevation >= 0 else -1.0
     ring = float(np.clip(orbit_elevation + side * EXTRA_RING_OFFSET, -MAX_RING_ELEVATION, MAX_RING_ELEVATION))
-    c2w = c.c2w
-    if extra_views > 0:
-        az = np.arange(extra_views) * 360.0 / extra_views + EXTRA_RING_AZIMUTH
-        c2w = np.concatenate([c2w, look_at_c2w(orbit_positions(az, ring, radius))])
+    az = np.arange(extra_views) * 360.0 / extra_views + EXTRA_RING_AZIMUTH
+    c2w = np.concatenate([c.c2w, look_at_c2w(orbit_positions(az, ring, radius))])
     return Cameras(c2w, c.fx, c.fy, c.cx, c.cy, c.width, c.height)
 
 
