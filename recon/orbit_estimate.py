@@ -35,7 +35,7 @@ repeats the first, so their difference is far below that of neighbouring frames.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -43,7 +43,7 @@ import numpy as np
 from recon.background import find_background
 from recon.errors import ReconError
 from recon.poses import GL_TO_CV, OrbitConfig, orbit_cameras
-from recon.tracks import Tracks, track
+from recon.tracks import START_EVERY, Tracks, track
 
 ESTIMATED = ("elevation", "fov", "direction", "full_turn")  # the orbit values this module can estimate
 SILHOUETTE_SIDE = 64  # px: silhouettes only say where to look for corners
@@ -83,6 +83,8 @@ class OrbitEstimate:
     tracks: int
     seconds: float
     note: str = ""  # why the estimate fell back to the given values, if it did
+    # The point tracks it was read from (tracking pixels), for the bundle adjustment (`recon.bundle`).
+    observed: Tracks | None = field(default=None, repr=False)
 
     def report(self) -> dict[str, Any]:
         """The JSON-able record for report.json."""
@@ -125,11 +127,11 @@ def closes_loop(frames: np.ndarray) -> float:
     return closing / max(float(np.median(neighbours)), 1e-6)
 
 
-def track_errors(tracks: Tracks, c2w: np.ndarray, focal: float) -> np.ndarray:
-    """Per-track RMS reprojection error [T] (pixels) after triangulating each track with cameras `c2w`.
+def triangulate(tracks: Tracks, c2w: np.ndarray, focal: float) -> np.ndarray:
+    """Each track's 3D point [T, 3]: the point nearest to its rays through cameras `c2w`.
 
     `c2w` [N, 4, 4] (OpenGL axes) are the cameras of every frame; `focal` is in tracking pixels and the
-    principal point is the image centre. Triangulation: the point nearest to the track's rays.
+    principal point is the image centre.
     """
     cx, cy = tracks.width / 2.0, tracks.height / 2.0
     valid = tracks.valid
@@ -144,7 +146,16 @@ def track_errors(tracks: Tracks, c2w: np.ndarray, focal: float) -> np.ndarray:
     proj = (np.eye(3) - d[..., :, None] * d[..., None, :]) * valid[..., None, None]
     a = proj.sum(1) + 1e-9 * np.eye(3)
     b = (proj @ origin[..., None])[..., 0].sum(1)
-    points = np.linalg.solve(a, b[..., None])[..., 0]  # [T, 3]
+    return np.linalg.solve(a, b[..., None])[..., 0]
+
+
+def track_errors(tracks: Tracks, c2w: np.ndarray, focal: float) -> np.ndarray:
+    """Per-track RMS reprojection error [T] (pixels) after triangulating each track with cameras `c2w`
+    (`triangulate`)."""
+    cx, cy = tracks.width / 2.0, tracks.height / 2.0
+    valid = tracks.valid
+    frames = np.clip(tracks.frames, 0, None)
+    points = triangulate(tracks, c2w, focal)  # [T, 3]
     view = np.linalg.inv(c2w @ GL_TO_CV)[frames]  # invert the N cameras once, not every observation
     pc = (view[..., :3, :3] @ points[:, None, :, None])[..., 0] + view[..., :3, 3]
     z = np.maximum(pc[..., 2], 1e-3)  # a point behind a camera reprojects far away
@@ -240,7 +251,11 @@ def estimate_orbit(
     masks = find_background(small, small_alpha).masks
     if masks.mean() < 1e-4:
         raise ReconError("no object found: every frame matches its background, so no orbit can be estimated")
-    tracks = track(frames, masks)
+    # For the bundle adjustment, tracks start on every frame (twice the observations of a frame the
+    # object's darker side leaves few corners on) and go on across the seam (last frame to first). The
+    # candidate orbits are scored on the tracks they always were: every START_EVERY-th start, cut at the seam.
+    observed = track(frames, masks, wrap_to=1 if base.full_turn else 0, start_every=1)
+    tracks = observed.starting_every(START_EVERY).before_seam()
     estimated = tuple(name for name in ESTIMATED if name not in fixed)
     if len(tracks) < MIN_TRACKS:
         note = (f"only {len(tracks)} point tracks on the object (a textureless object?): the orbit is not "
@@ -297,5 +312,5 @@ def estimate_orbit(
     median = float(np.median(full.errors(el, fov, direction)))
     return OrbitEstimate(
         orbit.validate(), estimated, uncertainty, cost, median, margin, loop_ratio, len(tracks),
-        time.perf_counter() - t0,
+        time.perf_counter() - t0, observed=observed,
     )  # fmt: skip

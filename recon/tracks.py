@@ -57,6 +57,21 @@ class Tracks:
     def __len__(self) -> int:
         return len(self.frames)
 
+    def starting_every(self, every: int) -> Tracks:
+        """The tracks that start on every `every`-th frame (from frame 0)."""
+        keep = self.frames[:, 0] % every == 0
+        return Tracks(self.frames[keep], self.uv[keep], self.width, self.height)
+
+    def before_seam(self) -> Tracks:
+        """The tracks cut where they cross the orbit's seam (from the last frame back to the first), those
+        still `MIN_LENGTH` long: exactly the tracks of `track` without `wrap_to`."""
+        stepped_back = np.diff(self.frames, axis=1, prepend=self.frames[:, :1]) < 0
+        crossed = np.cumsum(stepped_back & self.valid, axis=1) > 0
+        frames = np.where(crossed, -1, self.frames)
+        uv = np.where(crossed[..., None], np.nan, self.uv)
+        keep = (frames >= 0).sum(1) >= MIN_LENGTH
+        return Tracks(frames[keep], uv[keep], self.width, self.height)
+
 
 def _gray(frames: np.ndarray) -> np.ndarray:
     """Luminance [N, H, W] float32 in 0..1, downscaled so the longest side is at most TRACK_SIDE."""
@@ -171,10 +186,16 @@ def follow(a: list[np.ndarray], b: list[np.ndarray], points: np.ndarray) -> np.n
     return pos
 
 
-def track(frames: np.ndarray, masks: np.ndarray) -> Tracks:
+def track(
+    frames: np.ndarray, masks: np.ndarray, wrap_to: int | None = None, start_every: int = START_EVERY
+) -> Tracks:
     """Tracks of corners on the object through `frames` [N, H, W, 3] uint8 with silhouettes `masks`.
 
-    `masks` [N, h, w] may be at any resolution; they are resized to the tracking size.
+    `masks` [N, h, w] may be at any resolution; they are resized to the tracking size. With `wrap_to`, a
+    track that reaches the last frame goes on into frame `wrap_to` and after (0 for an open orbit, whose
+    first frame follows its last; 1 for a full turn, whose last frame repeats the first): such tracks
+    link the end of the orbit to its start, which the bundle adjustment (`recon.bundle`) needs. New
+    tracks start on every `start_every`-th frame.
     """
     from scipy import ndimage
 
@@ -186,7 +207,7 @@ def track(frames: np.ndarray, masks: np.ndarray) -> Tracks:
     gradients = [tuple(np.gradient(g)) for g in gray] if ANCHORED else []
     rows_f: list[np.ndarray] = []
     rows_uv: list[np.ndarray] = []
-    for start in range(0, n - 1, START_EVERY):
+    for start in range(0, n - 1, start_every):
         pts = corners(gray[start], silhouettes[start])
         if len(pts) == 0:
             continue
@@ -196,13 +217,16 @@ def track(frames: np.ndarray, masks: np.ndarray) -> Tracks:
         alive = np.ones(len(pts), dtype=bool)
         warps = np.zeros((len(pts), 4))
         templates = _patches(gray[start], pts)
+        frame = start
         for step in range(1, MAX_LENGTH):
-            frame = start + step
-            if frame >= n or not alive.any():
+            before, frame = frame, frame + 1
+            if frame >= n and wrap_to is not None:
+                frame = wrap_to
+            if frame >= n or frame == start or not alive.any():
                 break
             prev = uv[alive, step - 1]
-            nxt = follow(pyramids[frame - 1], pyramids[frame], prev)
-            back = follow(pyramids[frame], pyramids[frame - 1], nxt)
+            nxt = follow(pyramids[before], pyramids[frame], prev)
+            back = follow(pyramids[frame], pyramids[before], nxt)
             ok = np.linalg.norm(back - prev, axis=1) < FORWARD_BACKWARD_PX
             xi = np.clip(np.floor(nxt[:, 0]).astype(int), 0, w - 1)
             yi = np.clip(np.floor(nxt[:, 1]).astype(int), 0, h - 1)
