@@ -10,12 +10,13 @@ import json
 import shutil
 import subprocess
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from recon.bundle import BundleResult, adjust
 from recon.config import Settings, asset_path, read_config, resolve_orbit, resolve_settings
 from recon.errors import ReconError
 from recon.inputs import OrbitFrames, load_orbit
@@ -34,9 +35,12 @@ def demo_video() -> Path:
     return path
 
 
-def write_poses(out: Path, frames: OrbitFrames, orbit: OrbitConfig) -> Cameras:
+def write_poses(
+    out: Path, frames: OrbitFrames, orbit: OrbitConfig, cameras: Cameras | None = None
+) -> Cameras:
     """Write out/images/00000.png... and out/transforms.json (nerfstudio format) for `frames`.
 
+    The cameras are `orbit`'s circle, or `cameras` (per-frame poses, e.g. bundle-adjusted) when given.
     transforms.json is in the asset frame (`recon.frames`: +Y up, frame 0's side toward +Z), as every
     file `reconstruct` writes, so poses alone line up with a mesh made later. Returns the cameras in
     the fitting world frame (+Z up).
@@ -45,7 +49,8 @@ def write_poses(out: Path, frames: OrbitFrames, orbit: OrbitConfig) -> Cameras:
 
     from recon.frames import asset_transform, cameras_to_asset, front_direction
 
-    cameras = orbit_cameras(frames.count, orbit, frames.width, frames.height)
+    if cameras is None:
+        cameras = orbit_cameras(frames.count, orbit, frames.width, frames.height)
     images = Path(out) / "images"
     images.mkdir(parents=True, exist_ok=True)
     names = []
@@ -58,23 +63,48 @@ def write_poses(out: Path, frames: OrbitFrames, orbit: OrbitConfig) -> Cameras:
     return cameras
 
 
-def choose_orbit(
-    frames: OrbitFrames, orbit: OrbitConfig, plan: OrbitPlan, log: Any = print
-) -> tuple[OrbitConfig, OrbitEstimate | None]:
-    """The orbit to pose the frames with: `orbit` as resolved, or estimated from the frames (`plan`)."""
+@dataclass
+class OrbitChoice:
+    """The orbit of one reconstruction, and how it was chosen (`choose_orbit`)."""
+
+    orbit: OrbitConfig
+    estimate: OrbitEstimate | None = None  # when the frames were asked (`recon.orbit_estimate`)
+    bundle: BundleResult | None = None  # every frame's pose adjusted to the tracks (`recon.bundle`)
+
+    def cameras(self, frames: OrbitFrames) -> Cameras:
+        """The frames' cameras: bundle-adjusted when they were, else the orbit's circle."""
+        if self.bundle is not None:
+            return self.bundle.cameras(frames.width, frames.height)
+        return orbit_cameras(frames.count, self.orbit, frames.width, frames.height)
+
+    def record(self, plan: OrbitPlan, frames: OrbitFrames) -> dict[str, Any]:
+        """report.json's record of how the orbit was chosen (and the estimate's line for the CLI)."""
+        from recon.pose_refine import corrections
+
+        record: dict[str, Any] = {"plan": plan.report()}
+        if self.estimate is not None:
+            record.update(self.estimate.report(), summary=self.estimate.line())
+        if self.bundle is not None:
+            circle = orbit_cameras(frames.count, self.orbit, frames.width, frames.height)
+            record["bundle_adjustment"] = {
+                **self.bundle.report(), **corrections(circle, self.cameras(frames)),
+                "relative_to": "the estimated orbit's circle",
+            }  # fmt: skip
+        return record
+
+
+def choose_orbit(frames: OrbitFrames, orbit: OrbitConfig, plan: OrbitPlan, log: Any = print) -> OrbitChoice:
+    """The orbit to pose the frames with: `orbit` as resolved, or estimated from the frames (`plan`), and
+    when every frame's pose is refined, each adjusted to the estimate's point tracks."""
     if not plan.estimates:
-        return orbit, None
+        return OrbitChoice(orbit)
     estimate = estimate_orbit(frames.frames, orbit, plan.fixed(), plan.starts(), frames.alpha)
     log(estimate.line())
-    return estimate.orbit, estimate
-
-
-def orbit_record(plan: OrbitPlan, estimate: OrbitEstimate | None) -> dict[str, Any]:
-    """report.json's record of how the orbit was chosen (and the estimate's line for the CLI)."""
-    record: dict[str, Any] = {"plan": plan.report()}
-    if estimate is not None:
-        record.update(estimate.report(), summary=estimate.line())
-    return record
+    bundle = None
+    if plan.refine_poses and estimate.observed is not None and not estimate.note:
+        bundle = adjust(estimate.observed, frames.count, estimate.orbit, plan.fixed())
+        log(bundle.line())
+    return OrbitChoice(estimate.orbit, estimate, bundle)
 
 
 def poses(
@@ -90,11 +120,11 @@ def poses(
     frames = load_orbit(input_path)
     orbit = resolve_orbit(config, frames.orbit_hints, values)
     plan = plan_orbit(controls, given_values(config, frames.orbit_hints, values))
-    orbit, estimate = choose_orbit(frames, orbit, plan, log)
-    write_poses(out, frames, orbit)
+    choice = choose_orbit(frames, orbit, plan, log)
+    write_poses(out, frames, choice.orbit, choice.cameras(frames))
     return {
-        "frames": frames.count, "width": frames.width, "height": frames.height, "orbit": orbit.to_dict(),
-        "orbit_estimate": orbit_record(plan, estimate),
+        "frames": frames.count, "width": frames.width, "height": frames.height,
+        "orbit": choice.orbit.to_dict(), "orbit_estimate": choice.record(plan, frames),
     }  # fmt: skip
 
 
@@ -133,11 +163,12 @@ def reconstruct(
     )
     config = read_config(config_file) if config_file is not None else None
     plan = plan_orbit(controls, given_values(config, frames.orbit_hints, values))
-    settings.orbit, estimate = choose_orbit(frames, settings.orbit, plan, log)
+    choice = choose_orbit(frames, settings.orbit, plan, log)
+    settings.orbit = choice.orbit
     settings.fit = settings.fit.updated({"refine_poses": plan.refine_poses and engine == "gsplat"})
-    cameras = write_poses(out, frames, settings.orbit)
+    cameras = write_poses(out, frames, settings.orbit, choice.cameras(frames))
     t_poses = time.perf_counter() - t0
-    record = orbit_record(plan, estimate)
+    record = choice.record(plan, frames)
     if engine == "splatfacto":
         return _splatfacto(out, settings, log, record)
     source = str(input_path)
@@ -167,7 +198,10 @@ def _fit_and_export(
     _, names = read_transforms(Path(out) / "transforms.json")
     world_cams = cameras
     if result.initial_cameras is not None:  # the refined poses and focal length, at the frames' size
-        orbit_choice["pose_refinement"] = corrections(result.initial_cameras, result.cameras)
+        orbit_choice["pose_refinement"] = {
+            **corrections(result.initial_cameras, result.cameras),
+            "relative_to": "the fit's starting cameras (bundle_adjustment's when there is one)",
+        }
         world_cams = result.cameras.scaled(frames.width, frames.height)
     write_transforms(
         Path(out) / "transforms.json", cameras_to_asset(world_cams, transform), names, settings.orbit

@@ -106,6 +106,17 @@ class BundleResult:
         focal = focal_from_fov(self.orbit.fov, height) * self.focal_scale
         return Cameras(c2w, focal, focal, width / 2.0, height / 2.0, width, height)
 
+    def line(self) -> str:
+        """The one-line summary the CLI prints."""
+        d_az = self.azimuth - orbit_azimuths(len(self.azimuth), self.orbit)
+        d_el = self.elevation - self.orbit.elevation
+        fov = 2.0 * math.degrees(math.atan(math.tan(math.radians(self.orbit.fov) / 2.0) / self.focal_scale))
+        return (
+            f"bundle adjustment: {len(self.azimuth)} frames moved up to {np.abs(d_az).max():.2f} deg in "
+            f"azimuth and {np.abs(d_el).max():.2f} in elevation, fov {fov:.1f}; {self.tracks_used} tracks, "
+            f"RMS error {self.rms_before_px:.2f} -> {self.rms_after_px:.2f} px; {self.seconds:.1f} s"
+        )
+
     def report(self) -> dict[str, Any]:
         """The JSON-able record for report.json (the per-frame corrections are added by the caller)."""
         return {
