@@ -1,18 +1,19 @@
 """Auto-orbit benchmark (issue 9): is the orbit found from the video, and is the asset as good as given it?
 
 The checker-textured tall figure (`recon.synthetic.tall_textured_scene`) is ray-cast on orbits at
-elevation x fov (default: the representative subset below; ``--grid`` for all 9 of {5, 20, 35} x
-{30, 40, 50}) and one clockwise orbit, frames at ``--size`` px (the fit trains at ``--resolution``). For
-each: the estimate from the frames alone (targets: elevation and fov within 2 degrees, the right
-direction), then two fits, one given the true orbit and one given the estimate, every frame
-bundle-adjusted to the tracks and refined in the fit (the `reconstruct` default), judged by the independent ray caster at held-out views halfway between the
-training azimuths (target: within 1 dB of the true-orbit fit); the estimate's time over the fit's
-(target: at most 30%). ``--jitter`` adds one orbit with +-1 degree random per-frame azimuth and
-elevation error (``--jitter-frames`` ray-cast at ``--jitter-size`` px so the tracker has pixels), posed as
-``reconstruct --orbit auto`` poses it: the estimate, then every frame bundle-adjusted to the point tracks
-(`recon.bundle`); with ``--jitter-iterations`` also fitted from there with the photometric pose
-refinement. Target: every frame within 0.3 degree of its true pose (after removing the mean offset, a
-gauge: a rotation of the whole scene).
+elevation x fov (default: the representative subset below; ``--grid`` for all 9 of {5, 20, 35} x {30, 40,
+50}) and one clockwise orbit, frames at ``--size`` px (the fit trains at ``--resolution``). For each: the
+estimate from the frames alone (targets: elevation and fov within 2 degrees, the right direction), then
+two fits, one given the true orbit and one given the estimate, every frame bundle-adjusted to the tracks
+and polished in the fit (the `reconstruct` default), judged by the independent ray caster at held-out
+views halfway between the training azimuths (target: within 1 dB of the true-orbit fit); the estimate's
+time over the fit's (target: at most 30%). ``--jitter`` adds one orbit with +-1 degree random per-frame
+azimuth and elevation error (``--jitter-frames`` ray-cast at ``--jitter-size`` px so the tracker has
+pixels), posed as ``reconstruct --orbit auto`` poses it: the estimate, then every frame bundle-adjusted to
+the point tracks (`recon.bundle`); with ``--jitter-iterations`` also fitted from there with the
+photometric pose refinement at `recon.bundle.POLISH_LR_SHARE` of its rates, as `reconstruct` does. Target:
+every frame within 0.3 degree of its true pose (after removing the mean offset, a gauge: a rotation of the
+whole scene).
 
     python benchmarks/bench_orbit.py [--grid] [--jitter] [--frames 42] [--size 128] [--resolution 64]
         [--iterations 300] [--orbits 20/40/ccw,20/40/cw]
@@ -29,7 +30,7 @@ import numpy as np
 import torch
 
 from recon import synthetic
-from recon.bundle import adjust
+from recon.bundle import adjust, polish_rates
 from recon.fit import FitConfig, fit, psnr
 from recon.orbit_estimate import estimate_orbit
 from recon.pose_refine import orbit_angles
@@ -81,6 +82,7 @@ def run_orbit(elevation: float, fov: float, direction: str, args: argparse.Names
         }  # fmt: skip
     given = fit(frames, orbit_cameras(n, truth, args.size, args.size), cfg, progress=False)
     auto_cfg = cfg.updated({"refine_poses": True})
+    auto_cfg = auto_cfg.updated(polish_rates(auto_cfg))
     # As `reconstruct --orbit auto`: every frame bundle-adjusted to the tracks, then refined in the fit.
     start = adjust(estimate.observed, n, estimate.orbit).cameras(args.size, args.size)
     auto = fit(frames, start, auto_cfg, progress=False)
@@ -143,6 +145,7 @@ def run_jitter(args: argparse.Namespace) -> dict[str, float]:
         cfg = FitConfig(
             iterations=args.jitter_iterations, resolution=args.resolution, device="cpu", refine_poses=True
         )
+        cfg = cfg.updated(polish_rates(cfg))  # as reconstruct does after a bundle adjustment
         result = fit(frames, adjusted, cfg, progress=False)
         polished, _, _ = per_frame_error(result.cameras, az, el)
         out.update(polished_max=float(polished.max()), polished_mean=float(polished.mean()),

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from recon.bundle import BundleResult, adjust
+from recon.bundle import BundleResult, adjust, polish_rates
 from recon.config import Settings, asset_path, read_config, resolve_orbit, resolve_settings
 from recon.errors import ReconError
 from recon.inputs import OrbitFrames, load_orbit
@@ -166,6 +166,8 @@ def reconstruct(
     choice = choose_orbit(frames, settings.orbit, plan, log)
     settings.orbit = choice.orbit
     settings.fit = settings.fit.updated({"refine_poses": plan.refine_poses and engine == "gsplat"})
+    if choice.bundle is not None:  # the fit only polishes the bundle-adjusted poses
+        settings.fit = settings.fit.updated(polish_rates(settings.fit))
     cameras = write_poses(out, frames, settings.orbit, choice.cameras(frames))
     t_poses = time.perf_counter() - t0
     record = choice.record(plan, frames)
