@@ -32,7 +32,7 @@ from scipy.spatial import cKDTree
 
 from recon import synthetic
 from recon.fit import FitConfig, fit, psnr
-from recon.mesh import MeshConfig, tsdf_mesh
+from recon.mesh import MeshConfig, carve_splats, fuse_surface
 from recon.poses import Cameras, OrbitConfig, orbit_cameras
 
 FRAMES, ELEVATION, RADIUS, FOV = 85, 20.0, 2.0, 40.0
@@ -120,14 +120,15 @@ def run_scene(scene: Scene, args: argparse.Namespace) -> dict[str, float]:
     start = time.perf_counter()
     result = fit(frames, cams, cfg, progress=not args.quiet)
     t_fit = time.perf_counter() - start
-    mesh = tsdf_mesh(result.splats, result.cameras, result.hull, MeshConfig())
+    surface = fuse_surface(result.splats, result.cameras, result.hull, MeshConfig())
+    mesh, splats = surface.mesh, carve_splats(result.splats, surface, MeshConfig())  # as `reconstruct` does
     t_total = time.perf_counter() - start
-    views = held_out(result.splats, scene, result.cameras, args.size)
+    views = held_out(splats, scene, result.cameras, args.size)
     chamfer, far_share = mesh_figures(mesh, scene)
     if args.pictures:
         save_pictures(Path(args.pictures), scene.name, views)
     figures = {name: value[0] for name, value in views.items()}
-    figures.update(chamfer=chamfer, far_share=far_share, gaussians=len(result.splats), faces=len(mesh.faces))
+    figures.update(chamfer=chamfer, far_share=far_share, gaussians=len(splats), faces=len(mesh.faces))
     figures.update(fit_s=t_fit, total_s=t_total)
     return figures
 

@@ -184,7 +184,7 @@ def _fit_and_export(
     from recon.asset import write_asset
     from recon.fit import fit
     from recon.frames import asset_transform, cameras_to_asset, front_direction
-    from recon.mesh import tsdf_mesh
+    from recon.mesh import carve_splats, fuse_surface
     from recon.pose_refine import corrections
     from recon.poses import read_transforms, write_transforms
     from recon.preview import turntable_cameras, write_preview
@@ -193,7 +193,9 @@ def _fit_and_export(
     result = fit(frames.frames, cameras, settings.fit, progress=progress, alpha=frames.alpha)
     t1 = time.perf_counter()
     log(f"fitted {len(result.splats)} gaussians, mean training PSNR {np.mean(result.psnr):.2f} dB; meshing")
-    mesh = tsdf_mesh(result.splats, result.cameras, result.hull, settings.mesh)
+    surface = fuse_surface(result.splats, result.cameras, result.hull, settings.mesh)
+    mesh, fitted = surface.mesh, len(result.splats)
+    result.splats = carve_splats(result.splats, surface, settings.mesh)
     # Export: every file in the asset frame (recon.frames), transforms.json rewritten to match.
     transform = asset_transform(front_direction(cameras))
     files, asset = write_asset(out, mesh, result.splats, result.cameras, settings.export, transform)
@@ -229,6 +231,7 @@ def _fit_and_export(
         "background": result.background.report(),
         "hull": {"voxels": int(result.hull.occupancy.sum()), "resolution": settings.fit.hull_resolution},
         "gaussians": len(result.splats),
+        "gaussians_fitted": fitted,  # before the carve (mesh carve_voxels) of those outside the surface
         "initial_gaussians": settings.fit.init_points,
         "psnr": {"mean": float(np.mean(result.psnr)), "per_view": [round(p, 3) for p in result.psnr]},
         "ssim": {"mean": float(np.mean(result.ssim)), "per_view": [round(s, 4) for s in result.ssim]},

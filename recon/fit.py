@@ -26,6 +26,7 @@ Orbit-specific parts:
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 import warnings
@@ -188,6 +189,14 @@ class Splats:
 
     def __len__(self) -> int:
         return int(self.means.shape[0])
+
+    def subset(self, keep: np.ndarray | Tensor) -> Splats:
+        """The gaussians where `keep` [N] (bool) is true."""
+        mask = torch.as_tensor(keep, dtype=torch.bool, device=self.means.device)
+        return dataclasses.replace(
+            self, means=self.means[mask], scales=self.scales[mask], quats=self.quats[mask],
+            opacities=self.opacities[mask], sh0=self.sh0[mask], shN=self.shN[mask],
+        )  # fmt: skip
 
     def render(
         self,
