@@ -5,7 +5,7 @@ elevation x fov (default: the representative subset below; ``--grid`` for all 9 
 50}) and one clockwise orbit, frames at ``--size`` px (the fit trains at ``--resolution``). For each: the
 estimate from the frames alone (targets: elevation and fov within 2 degrees, the right direction), then
 two fits, one given the true orbit and one given the estimate, every frame bundle-adjusted to the tracks
-and polished in the fit (the `reconstruct` default), judged by the independent ray caster at held-out
+(the `reconstruct` default), judged by the independent ray caster at held-out
 views halfway between the training azimuths (target: within 1 dB of the true-orbit fit; judged at the
 true cameras, and shown as well in the auto fit's own gauge, "aligned": its mean azimuth and elevation
 offset and its focal length, which its photometric polish may have moved); the time auto
@@ -102,15 +102,15 @@ def run_orbit(elevation: float, fov: float, direction: str, args: argparse.Names
             "t_est": t_estimate, "t_bundle": 0.0, "t_fit": float("nan"), "t_fit_auto": float("nan"),
         }  # fmt: skip
     given = fit(frames, orbit_cameras(n, truth, args.size, args.size), cfg, progress=False)
-    auto_cfg = cfg.updated({"refine_poses": True})
-    # As `reconstruct --orbit auto`: every frame bundle-adjusted to the tracks, then refined in the fit.
-    if estimate.observed is None or estimate.note:  # as `reconstruct`: no tracks to adjust, the circle
+    # As `reconstruct --orbit auto`: every frame bundle-adjusted to the tracks and kept in the fit
+    # (`recon.api.fit_refines_poses`); without tracks, the circle refined jointly with the splats.
+    if estimate.observed is None or estimate.note:
         print(f"  {estimate.line()}", flush=True)
         start, t_bundle = orbit_cameras(n, estimate.orbit, args.size, args.size), 0.0
+        auto_cfg = cfg.updated({"refine_poses": True})
     else:
         bundle = adjust(estimate.observed, n, estimate.orbit)
-        start, t_bundle = bundle.cameras(args.size, args.size), bundle.seconds
-        auto_cfg = auto_cfg.updated(polish_rates(auto_cfg))  # the fit only polishes adjusted poses
+        start, t_bundle, auto_cfg = bundle.cameras(args.size, args.size), bundle.seconds, cfg
     auto = fit(frames, start, auto_cfg, progress=False)
     # Judge the auto fit in its own gauge: radius 2 fixed (the scene scaled by 2 / the true radius).
     res, gauge = args.resolution, estimate.orbit.radius
@@ -179,7 +179,7 @@ def run_jitter(args: argparse.Namespace) -> dict[str, float]:
         cfg = FitConfig(
             iterations=args.jitter_iterations, resolution=args.resolution, device="cpu", refine_poses=True
         )
-        cfg = cfg.updated(polish_rates(cfg))  # as reconstruct does after a bundle adjustment
+        cfg = cfg.updated(polish_rates(cfg))  # a polish of the adjusted poses (reconstruct keeps them)
         result = fit(frames, adjusted, cfg, progress=False)
         polished, _, _ = per_frame_error(result.cameras, az, el)
         out.update(polished_max=float(polished.max()), polished_mean=float(polished.mean()),

@@ -4,8 +4,8 @@ A Droplet3D-shaped input: 85 frames at 512 px (the checker-textured tall figure,
 ray-cast at 256 px and upsampled 2x, since ray casting 512 px frames costs minutes and the tracker works at
 256 px anyway). Times what `reconstruct --orbit auto` adds before the fit: `estimate_orbit`, then every
 frame bundle-adjusted to its point tracks (`recon.bundle.adjust`); then the fit a default `reconstruct`
-runs on CPU (the fast preset: 600 iterations at 128 px, from the bundle-adjusted poses, polishing them at
-`recon.bundle.POLISH_LR_SHARE` of the pose learning rates, as `--orbit auto` does).
+runs on CPU (the fast preset: 600 iterations at 128 px, from the bundle-adjusted poses, which it keeps, as
+`--orbit auto` does: `recon.api.fit_refines_poses`).
 
     python benchmarks/bench_orbit_cost.py [--frames 85] [--iterations 600]
 """
@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from recon import synthetic
-from recon.bundle import adjust, polish_rates
+from recon.bundle import adjust
 from recon.config import asset_path
 from recon.fit import FitConfig, fit
 from recon.orbit_estimate import estimate_orbit
@@ -48,10 +48,9 @@ def main() -> None:
     bundle = adjust(estimate.observed, n, estimate.orbit)
     print(bundle.line(), flush=True)
     preset = json.loads(asset_path("recon_fast.json").read_text())["fit"]
-    cfg = FitConfig().updated({**preset, "device": "cpu", "refine_poses": True})
+    cfg = FitConfig().updated({**preset, "device": "cpu", "refine_poses": False})
     if args.iterations:
         cfg = cfg.updated({"iterations": args.iterations})
-    cfg = cfg.updated(polish_rates(cfg))
     side = frames.shape[1]
     result = fit(frames, bundle.cameras(side, side), cfg, progress=False)
     # A shortened fit (--iterations) bounds the share from above: the preset's fit runs at least as long.
