@@ -50,9 +50,11 @@ LOSSES = ("linear", "huber", "soft_l1", "cauchy")  # scipy's robust losses that 
 # depths (measured: no convergence in 300 evaluations; with these, 45).
 LSMR_TOLERANCES = {"atol": 1e-12, "btol": 1e-12}
 MIN_OBSERVED_FRAMES = 3  # fewer frames seen by a track carry no orbit: the adjustment keeps the circle
-# The fit's photometric pose refinement (`recon.pose_refine`) starts from bundle-adjusted poses with its
-# learning rates scaled by this: at full rate it moved a 36-frame jitter's poses from 0.18 to 0.57 degree
-# worst (300 iterations at 64 px), since each frame's few steps follow a still blurred model.
+# A photometric polish of bundle-adjusted poses (`recon.pose_refine`) at this share of its learning rates:
+# at full rate it moved a 36-frame jitter's poses from 0.18 to 0.57 degree worst (300 iterations at 64 px),
+# since each frame's few steps follow a still blurred model. Even at 0.1 it cost 1-2 dB of held-out PSNR,
+# so `reconstruct` keeps the adjusted poses (`recon.api.fit_refines_poses`); benchmarks/bench_orbit.py
+# --jitter-iterations still measures the polish.
 POLISH_LR_SHARE = 0.1
 
 

@@ -9,8 +9,9 @@ The rules (README and `--help` say the same):
   as any orbit value is given, so an existing command line keeps its meaning.
 * Given values are held fixed. With ``--refine`` they are starting points instead: the estimate searches
   near them (in either mode).
-* Every frame's pose and the focal length are refined jointly with the splats (`recon.pose_refine`)
-  when the orbit is estimated, or with ``--refine``; ``--no-refine`` turns that off.
+* Every frame's pose and the focal length are refined when the orbit is estimated, or with ``--refine``:
+  bundle-adjusted to the point tracks (`recon.bundle`), or, where there are none, jointly with the splats
+  (`recon.pose_refine`; `recon.api.fit_refines_poses`); ``--no-refine`` turns that off.
 
 ``radius`` and ``start_azimuth`` are never estimated: they fix the gauge (`recon.orbit_estimate`).
 """

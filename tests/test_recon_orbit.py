@@ -238,3 +238,20 @@ def test_bundle_adjustment_recovers_every_frame_of_a_jittered_orbit() -> None:
     given = {"elevation": estimate.orbit.elevation, "fov": estimate.orbit.fov}
     held = adjust(estimate.observed, n, estimate.orbit, fixed=given)
     assert held.focal_scale == 1.0 and np.all(held.elevation == estimate.orbit.elevation)
+
+
+def test_the_fit_keeps_bundle_adjusted_poses() -> None:
+    """A photometric polish of bundle-adjusted poses cost 1-2 dB held-out (benchmarks/RESULTS.md): the fit
+    refines poses only where no bundle adjustment placed the frames."""
+    from recon.api import OrbitChoice, fit_refines_poses
+    from recon.bundle import BundleResult
+
+    plan = plan_orbit({"mode": "auto", "refine": None}, {})
+    n, orbit = 8, OrbitConfig(elevation=20.0, fov=40.0)
+    az = 360.0 / n * np.arange(n)
+    bundle = BundleResult(az, np.full(n, 20.0), 1.0, orbit, 0.2, 0.1, 10, 10, 0.1)
+    assert not fit_refines_poses(plan, "gsplat", OrbitChoice(orbit, None, bundle))
+    assert fit_refines_poses(plan, "gsplat", OrbitChoice(orbit))  # no tracks: refined with the splats
+    assert not fit_refines_poses(plan, "splatfacto", OrbitChoice(orbit))
+    no_refine = plan_orbit({"mode": "auto", "refine": False}, {})
+    assert not fit_refines_poses(no_refine, "gsplat", OrbitChoice(orbit))
