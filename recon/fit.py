@@ -256,7 +256,8 @@ def resize_frames(frames: np.ndarray, max_side: int) -> np.ndarray:
     if scale >= 1.0:
         return frames
     nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
-    t = torch.from_numpy(frames).permute(0, 3, 1, 2).float()
+    # A copy, not from_numpy's alias: the frames may be a read-only array (torch warns on those).
+    t = torch.tensor(frames).permute(0, 3, 1, 2).float()
     t = F.interpolate(t, size=(nh, nw), mode="bilinear", antialias=True, align_corners=False)
     return t.round().clamp(0, 255).byte().permute(0, 2, 3, 1).numpy()
 
