@@ -152,4 +152,4 @@ def resolve_settings(
     fit = fit.updated({k: v for k, v in (fit_cli or {}).items() if v is not None}, "fit option")
     export = export.updated({k: v for k, v in (export_cli or {}).items() if v is not None}, "export option")
     fit = check_ranges("fit", fit).validate()
-    return Settings(orbit, fit, check_ranges("mesh", mesh), name, export.validate())
+    return Settings(orbit, fit, check_ranges("mesh", mesh).validate(), name, export.validate())

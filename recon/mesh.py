@@ -60,6 +60,15 @@ class MeshConfig:
     # and the TSDF then carves the object's inside and fuses inner walls.
     depth_alpha: float = 0.25
 
+    def validate(self) -> MeshConfig:
+        """Raise ReconError for settings that are each in range but do not fit together."""
+        if self.carve_voxels > 0 and self.carve_voxels >= self.trunc_voxels:
+            raise ReconError(
+                f"mesh carve_voxels ({self.carve_voxels:g}) must be below "
+                f"trunc_voxels ({self.trunc_voxels:g})"
+            )
+        return self
+
     def updated(self, data: dict[str, Any], where: str = "mesh") -> MeshConfig:
         """A copy with the keys of `data` replaced; unknown keys are an error (typos must not pass)."""
         return with_overrides(self, data, where)
@@ -121,7 +130,7 @@ def tsdf_grid(hull: VisualHull, cfg: MeshConfig) -> Grid:
 
 
 def integrate_splats(splats: Splats, cams: Cameras, grid: Grid, cfg: MeshConfig) -> Any:
-    """An open3d UniformTSDFVolume holding the splats' median depth and colour from every camera."""
+    """An open3d UniformTSDFVolume holding the splats' first-surface depth and colour from every camera."""
     import open3d as o3d
     from scipy import ndimage
 
@@ -160,8 +169,9 @@ def integrate_splats(splats: Splats, cams: Cameras, grid: Grid, cfg: MeshConfig)
     return volume
 
 
-def close_unseen(volume: Any, grid: Grid, hull: VisualHull) -> None:
-    """Give every voxel no camera observed the visual hull's signed distance, cut to the observed height.
+def close_unseen(volume: Any, grid: Grid, hull: VisualHull) -> np.ndarray:
+    """Give every voxel no camera observed the visual hull's signed distance, cut to the observed height;
+    return the volume's TSDF [R^3, 2] (distance / trunc, weight) as it then stands.
 
     An orbit that looks down never sees the object's underside: the TSDF holds no data there and its
     surface stays open, and the hull alone would close it with the cone of space hidden under the
@@ -180,7 +190,7 @@ def close_unseen(volume: Any, grid: Grid, hull: VisualHull) -> None:
     # The band just behind an observed surface, inside the (slightly grown) hull: floaters don't count.
     band = seen & (tsdf[:, 0] < 0) & (tsdf[:, 0] > -1) & hull.contains(centers, dilate=2)
     if not band.any() or seen.all():
-        return
+        return tsdf
     lowest, highest = centers[band, 2].min(), centers[band, 2].max()
     unseen = np.flatnonzero(~seen)
     z = centers[unseen, 2]
@@ -193,6 +203,7 @@ def close_unseen(volume: Any, grid: Grid, hull: VisualHull) -> None:
         color[near] = color[np.flatnonzero(band)[nearest]]
     volume.inject_volume_tsdf(o3d.utility.Vector2dVector(tsdf))
     volume.inject_volume_color(o3d.utility.Vector3dVector(color))
+    return tsdf
 
 
 @dataclass
@@ -219,7 +230,7 @@ def fuse_surface(splats: Splats, cameras: Cameras, hull: VisualHull, cfg: MeshCo
     cams = meshing_cameras(cameras, cfg.render_size, cfg.extra_views)
     grid = tsdf_grid(hull, cfg)
     volume = integrate_splats(splats, cams, grid, cfg)
-    close_unseen(volume, grid, hull)
+    tsdf = close_unseen(volume, grid, hull)
     raw = volume.extract_triangle_mesh()
     vertices = np.asarray(raw.vertices)
     faces = np.asarray(raw.triangles)
@@ -227,8 +238,8 @@ def fuse_surface(splats: Splats, cameras: Cameras, hull: VisualHull, cfg: MeshCo
         raise ReconError("meshing found no surface (the fitted splats render as background everywhere)")
     colors = (np.asarray(raw.vertex_colors) * 255).round().clip(0, 255).astype(np.uint8)
     mesh = trimesh.Trimesh(vertices, faces, vertex_colors=colors, process=True)
-    tsdf = np.asarray(volume.extract_volume_tsdf())[:, 0].reshape((grid.resolution,) * 3)
-    return Surface(clean_mesh(mesh, hull, cfg.keep_fraction), tsdf * grid.trunc, grid)
+    sdf = tsdf[:, 0].reshape((grid.resolution,) * 3) * grid.trunc
+    return Surface(clean_mesh(mesh, hull, cfg.keep_fraction), sdf, grid)
 
 
 def tsdf_mesh(splats: Splats, cameras: Cameras, hull: VisualHull, cfg: MeshConfig) -> Any:
@@ -238,12 +249,8 @@ def tsdf_mesh(splats: Splats, cameras: Cameras, hull: VisualHull, cfg: MeshConfi
 
 def carve_splats(splats: Splats, surface: Surface, cfg: MeshConfig) -> Splats:
     """The splats without the gaussians whose centres lie outside the closed surface (`carve_voxels`)."""
-    if cfg.carve_voxels <= 0:
+    if cfg.validate().carve_voxels <= 0:
         return splats
-    if cfg.carve_voxels >= cfg.trunc_voxels:
-        raise ReconError(
-            f"mesh carve_voxels ({cfg.carve_voxels:g}) must be below trunc_voxels ({cfg.trunc_voxels:g})"
-        )
     means = splats.means.detach().cpu().numpy()
     keep = surface.distance(means) <= cfg.carve_voxels * surface.grid.voxel
     if keep.all() or not keep.any():
