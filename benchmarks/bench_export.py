@@ -1,8 +1,11 @@
 """Export benchmark: textured vs vertex-colour glb against ground truth, normals, size, validator.
 
 Ray-casts the analytic object (`recon.synthetic`) painted with the fine checker (`fine_pattern`,
-0.04-unit cells) on a 36-view orbit, fits splats, meshes them (TSDF), then exports twice at the same
-face budget: with a baked UV texture and with per-vertex colour. Each mesh.glb is read back with
+0.04-unit cells) on a 36-view orbit at `--frame-size` (512 px: Droplet3D's frames), fits splats at
+`--size` (128 px: what the CPU preset trains at), meshes them (TSDF), then exports twice at the same
+face budget: with a baked UV texture and with per-vertex colour. Both bakes take their colour from the
+same views (`--bake-from`: the source frames at their full size, as `reconstruct` does, or the splats'
+renders alone). Each mesh.glb is read back with
 trimesh and rendered at held-out views by the z-buffer rasteriser below (ours, written for this
 benchmark: it shares no code with the splat rasteriser or the texture baker), unlit, with a bilinear
 texture lookup or interpolated COLOR_0 (linear, encoded to sRGB for display as a viewer does), and
@@ -17,7 +20,8 @@ flat gaussians on the true surface with the true colours) and the mesh is the tr
 Targets: textured >= vertex-colour + 2 dB PSNR, faces <= --faces, glb < 12 MB at 50k faces with a
 2048 texture, zero validator errors.
 
-    python benchmarks/bench_export.py [--size 128] [--iterations 800] [--faces 50000 10000] [--device cpu]
+    python benchmarks/bench_export.py [--frame-size 512] [--size 128] [--iterations 800]
+        [--faces 50000 10000] [--bake-from frames|splats] [--device cpu]
     python benchmarks/bench_export.py --source oracle
 """
 
@@ -189,6 +193,7 @@ def export_pair(
     mesh: Any,
     splats: Any,
     train_cams: Cameras,
+    frames: np.ndarray | None,
     transform: np.ndarray,
     held: Cameras,
     truth: np.ndarray,
@@ -205,7 +210,7 @@ def export_pair(
         folder.mkdir(parents=True, exist_ok=True)
         export = ExportConfig(faces=faces, texture_size=args.texture_size, vertex_colors=vertex_colors)
         t1 = time.perf_counter()
-        write_asset(folder, mesh.copy(), splats, train_cams, export, transform)
+        write_asset(folder, mesh.copy(), splats, train_cams, export, transform, frames)
         seconds = time.perf_counter() - t1
         loaded = trimesh.load(folder / "mesh.glb").to_geometry()
         renders = render_mesh(loaded, held, EVAL_SIZE)
@@ -244,7 +249,12 @@ def report(rows: dict[str, dict[str, Any]], faces: int) -> bool:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--views", type=int, default=36)
-    parser.add_argument("--size", type=int, default=128, help="training frame size")
+    parser.add_argument("--frame-size", type=int, default=512, help="size the frames are ray-cast at")
+    parser.add_argument("--size", type=int, default=128, help="size the fit trains at")
+    parser.add_argument(
+        "--bake-from", choices=("frames", "splats"), default="frames",
+        help="colour source of the bake: the frames at full size (as reconstruct) or the splats' renders",
+    )  # fmt: skip
     parser.add_argument("--iterations", type=int, default=800)
     parser.add_argument(
         "--faces", type=int, nargs="+", default=[50_000], help="face budgets, one export pair each"
@@ -261,9 +271,9 @@ def main() -> None:
     step = 360.0 / args.views
     train_c2w = synthetic.orbit_c2w(np.arange(args.views) * step, ELEVATION, RADIUS)
     frames, _ = synthetic.render(
-        train_c2w, FOV, args.size, supersample=TRUTH_SUPERSAMPLE, shading=synthetic.fine_pattern
+        train_c2w, FOV, args.frame_size, supersample=TRUTH_SUPERSAMPLE, shading=synthetic.fine_pattern
     )
-    cams = orbit_cameras(args.views, OrbitConfig(ELEVATION, RADIUS, FOV), args.size, args.size)
+    cams = orbit_cameras(args.views, OrbitConfig(ELEVATION, RADIUS, FOV), args.frame_size, args.frame_size)
     cfg = FitConfig(
         iterations=args.iterations, resolution=args.size, max_gaussians=args.max_gaussians, device=args.device
     )
@@ -292,15 +302,17 @@ def main() -> None:
 
     source = f"{args.iterations} iterations" if args.source == "fit" else "oracle splats, true mesh"
     print(
-        f"views {args.views} at {args.size}x{args.size}, {source}, device {args.device}, "
+        f"views {args.views} at {args.frame_size}px, fit at {args.size}px, {source}, "
+        f"bake from {args.bake_from}, device {args.device}, "
         f"{len(splats)} gaussians, mesh {len(mesh.faces)} faces before export, {t_fit:.0f} s"
     )
     print(f"held-out views: {len(held_c2w)} at {EVAL_SIZE}px (6 between training azimuths, 6 at +20 deg)")
     all_ok = True
     for faces in args.faces:
         rows = export_pair(
-            out / f"faces_{faces}", mesh, splats, train_cams, transform, held, truth, faces, args
-        )
+            out / f"faces_{faces}", mesh, splats, train_cams, frames if args.bake_from == "frames" else None,
+            transform, held, truth, faces, args,
+        )  # fmt: skip
         all_ok &= report(rows, faces)
 
     raw_normals = normal_error_deg(mesh)

@@ -206,7 +206,9 @@ def _fit_and_export(
     result.splats = carve_splats(result.splats, surface, settings.mesh)
     # Export: every file in the asset frame (recon.frames), transforms.json rewritten to match.
     transform = asset_transform(front_direction(cameras))
-    files, asset = write_asset(out, mesh, result.splats, result.cameras, settings.export, transform)
+    files, asset = write_asset(
+        out, mesh, result.splats, result.cameras, settings.export, transform, frames.frames
+    )
     _, names = read_transforms(Path(out) / "transforms.json")
     world_cams = cameras
     if result.initial_cameras is not None:  # the refined poses and focal length, at the frames' size

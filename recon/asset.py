@@ -4,7 +4,9 @@
 2. `decimate`: quadric decimation to the face budget (`faces`).
 3. `uv_atlas`: xatlas charts for a `texture_size` texture (skipped with `vertex_colors`).
 4. Colour: the splats are rendered from the training views plus rings above and below, and every texel
-   (or vertex) takes the frontal, unoccluded views' colour (`recon.texture`).
+   (or vertex) takes the frontal, unoccluded views' colour (`recon.texture`): sampled from the training
+   frames themselves at their full size where a training view sees it (`bake_from_frames`), else from
+   the renders.
 5. Asset frame: one rotation (`recon.frames`) takes mesh, splats and cameras from the fitting world
    (+Z up) to glTF's convention (+Y up, first view toward +Z).
 6. Files: mesh.glb, mesh.obj (+ mesh.mtl and the texture), mesh.ply (`recon.mesh_files`), and the
@@ -72,6 +74,11 @@ class ExportConfig:
     bake_depth_tolerance: float = 0.02
     # Rendered pixels with less splat coverage are background and give no colour.
     bake_alpha_min: float = 0.5
+    # Colour from the training frames at their full size where a training view sees the surface (the
+    # splats only decide visibility), not from the splats' renders: a fit at a fraction of the frames'
+    # size (the CPU preset trains 512 px frames at 128 px) blurs what the frames still hold. Off until
+    # benchmarks/bench_export.py --bake-from frames has measured it against the renders.
+    bake_from_frames: bool = False
     # glTF roughnessFactor (metallic is always 0): the baked colour already holds the lighting.
     roughness: float = 0.9
 
@@ -87,8 +94,10 @@ class ExportConfig:
             raise ReconError(
                 f"splat-format must be one of {', '.join(SPLAT_FORMATS)}, got {self.splat_format!r}"
             )
-        if not isinstance(self.vertex_colors, bool):
-            raise ReconError(f"vertex-colors must be true or false, got {self.vertex_colors!r}")
+        for name in ("vertex_colors", "bake_from_frames"):
+            value = getattr(self, name)
+            if not isinstance(value, bool):
+                raise ReconError(f"{name.replace('_', '-')} must be true or false, got {value!r}")
         if self.bake_size < 16 or self.bake_orbit_views < 1 or self.smooth_iterations < 0:
             raise ReconError("bake_size must be >= 16, bake_orbit_views >= 1 and smooth_iterations >= 0")
         if not 0 <= self.roughness <= 1:
@@ -111,12 +120,15 @@ class AssetMesh:
 
 
 def build_asset_mesh(
-    mesh: Any, splats: Splats, cameras: Cameras, cfg: ExportConfig, transform: np.ndarray
-) -> AssetMesh:
+    mesh: Any, splats: Splats, cameras: Cameras, cfg: ExportConfig, transform: np.ndarray,
+    frames: np.ndarray | None = None,
+) -> AssetMesh:  # fmt: skip
     """Steps 1-5: smooth, decimate, atlas, bake colour, rotate into the asset frame (see the module doc).
 
     `mesh` and `splats` are in the fitting world frame, `cameras` the training cameras; `transform` is
-    the 4x4 world-to-asset rotation.
+    the 4x4 world-to-asset rotation. `frames` [N, H, W, 3] uint8, the training frames at their own size,
+    give the colour where the bake sees the surface from a training view (`recon.texture.project_colors`);
+    without them the colour comes from the splats' renders alone.
     """
     cfg.validate()
     surface = smooth_surface(mesh, cfg.smooth_iterations)
@@ -135,10 +147,11 @@ def build_asset_mesh(
         point_normals.append(texel_normals)
     size = float(np.linalg.norm(np.ptp(vertices, axis=0)))
     # One projection pass for vertices and texels together: the splat renders are the slow part.
+    views, taken = bake_cameras(cameras, cfg.bake_size, cfg.bake_ring_views, cfg.bake_orbit_views)
     colors, seen = project_colors(
-        np.concatenate(points), np.concatenate(point_normals), splats,
-        bake_cameras(cameras, cfg.bake_size, cfg.bake_ring_views, cfg.bake_orbit_views), cfg.bake_alpha_min,
+        np.concatenate(points), np.concatenate(point_normals), splats, views, cfg.bake_alpha_min,
         cfg.bake_depth_tolerance * size, cfg.bake_sharpness,
+        frames[taken] if frames is not None and cfg.bake_from_frames else None,
     )  # fmt: skip
     n = len(vertices)
     vertex_colors = fill_unseen_vertices(vertices, colors[:n], seen[:n])
@@ -154,11 +167,12 @@ def build_asset_mesh(
 
 
 def write_asset(
-    out_dir: Path, mesh: Any, splats: Splats, cameras: Cameras, cfg: ExportConfig, transform: np.ndarray
-) -> tuple[dict[str, Any], AssetMesh]:
+    out_dir: Path, mesh: Any, splats: Splats, cameras: Cameras, cfg: ExportConfig, transform: np.ndarray,
+    frames: np.ndarray | None = None,
+) -> tuple[dict[str, Any], AssetMesh]:  # fmt: skip
     """Steps 1-6: every mesh and splat file into `out_dir`; returns the report's "files" and the mesh."""
     out_dir = Path(out_dir)
-    asset = build_asset_mesh(mesh, splats, cameras, cfg, transform)
+    asset = build_asset_mesh(mesh, splats, cameras, cfg, transform, frames)
     write_glb(out_dir / "mesh.glb", asset.mesh)
     obj_files = write_obj(out_dir / "mesh.obj", asset.mesh)
     write_ply(out_dir / "mesh.ply", asset.welded)

@@ -15,10 +15,12 @@ writes it in the asset frame of `recon.frames`.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import torch
 
 from recon.errors import ReconError
 from recon.fit import Splats
@@ -54,6 +56,14 @@ class MeshConfig:
     # more below but costs the dark scene 0.8 dB from above). 0 keeps every gaussian; it must stay under
     # `trunc_voxels`, beyond which the fused distance is clipped.
     carve_voxels: float = 2.0
+    # Space no view observed (the hull's hidden cone under an object) is empty: a gaussian centred there
+    # outside the surface is removed at any distance, and every gaussian's axes are shortened until its
+    # `clip_sigmas` extent no longer reaches into that space outside the surface. In observed space the
+    # fit answered to the views, so `carve_voxels` alone applies there. Measured on saved 96 px fits
+    # (bench_every_side 'below', between and above unchanged within 0.05 dB): tall 23.9 -> 25.5 dB, dark
+    # 23.2 -> 25.0, panda 25.2 -> 25.3; clipping in observed space too cost dark 0.4-2.7 dB between
+    # the training views. 0 turns the clip off (the carve of unobserved space stays).
+    clip_sigmas: float = 3.0
     keep_fraction: float = 0.1  # keep components with at least this fraction of the largest's faces
     # Depth is read where a pixel's accumulated alpha first reaches this: the first surface. At the
     # median (0.5) a surface the fit left half-transparent gives the depth of the object's far side,
@@ -169,9 +179,10 @@ def integrate_splats(splats: Splats, cams: Cameras, grid: Grid, cfg: MeshConfig)
     return volume
 
 
-def close_unseen(volume: Any, grid: Grid, hull: VisualHull) -> np.ndarray:
+def close_unseen(volume: Any, grid: Grid, hull: VisualHull) -> tuple[np.ndarray, np.ndarray]:
     """Give every voxel no camera observed the visual hull's signed distance, cut to the observed height;
-    return the volume's TSDF [R^3, 2] (distance / trunc, weight) as it then stands.
+    return the volume's TSDF [R^3, 2] (distance / trunc, weight) as it then stands, and which voxels
+    a camera did observe [R^3].
 
     An orbit that looks down never sees the object's underside: the TSDF holds no data there and its
     surface stays open, and the hull alone would close it with the cone of space hidden under the
@@ -190,7 +201,7 @@ def close_unseen(volume: Any, grid: Grid, hull: VisualHull) -> np.ndarray:
     # The band just behind an observed surface, inside the (slightly grown) hull: floaters don't count.
     band = seen & (tsdf[:, 0] < 0) & (tsdf[:, 0] > -1) & hull.contains(centers, dilate=2)
     if not band.any() or seen.all():
-        return tsdf
+        return tsdf, seen
     lowest, highest = centers[band, 2].min(), centers[band, 2].max()
     unseen = np.flatnonzero(~seen)
     z = centers[unseen, 2]
@@ -203,23 +214,36 @@ def close_unseen(volume: Any, grid: Grid, hull: VisualHull) -> np.ndarray:
         color[near] = color[np.flatnonzero(band)[nearest]]
     volume.inject_volume_tsdf(o3d.utility.Vector2dVector(tsdf))
     volume.inject_volume_color(o3d.utility.Vector3dVector(color))
-    return tsdf
+    return tsdf, seen
 
 
 @dataclass
 class Surface:
-    """The fused, closed TSDF: its cleaned mesh, and the signed distance (world units) of any point."""
+    """The fused, closed TSDF: its cleaned mesh, the signed distance (world units) of any point, and
+    which space the views observed."""
 
     mesh: Any  # trimesh.Trimesh in world coordinates with vertex colours
     sdf: np.ndarray  # [R, R, R] signed distance, negative inside, clipped to +-grid.trunc
     grid: Grid
+    observed: np.ndarray | None = None  # [R, R, R] bool: a view's ray reached the voxel (None: all)
 
     def distance(self, points: np.ndarray) -> np.ndarray:
         """Signed distance [n] at points [n, 3] (nearest voxel); +trunc outside the grid."""
+        return self._lookup(self.sdf, points, self.grid.trunc)
+
+    def unobserved_outside(self, points: np.ndarray) -> np.ndarray:
+        """Whether points [n, 3] lie outside the surface in space no view observed [n] (outside the grid
+        counts as observed: the grid covers the whole visual hull)."""
+        if self.observed is None:
+            return np.zeros(len(points), dtype=bool)
+        return ~self._lookup(self.observed, points, True) & (self.distance(points) > 0)
+
+    def _lookup(self, volume: np.ndarray, points: np.ndarray, fill: Any) -> np.ndarray:
+        """Nearest-voxel values of `volume` [R, R, R] at points [n, 3]; `fill` outside the grid."""
         ijk = np.floor((points - self.grid.origin) / self.grid.voxel).astype(np.int64)
         inside = np.all((ijk >= 0) & (ijk < self.grid.resolution), axis=1)
-        out = np.full(len(points), self.grid.trunc)
-        out[inside] = self.sdf[ijk[inside, 0], ijk[inside, 1], ijk[inside, 2]]
+        out = np.full(len(points), fill, dtype=volume.dtype)
+        out[inside] = volume[ijk[inside, 0], ijk[inside, 1], ijk[inside, 2]]
         return out
 
 
@@ -230,7 +254,7 @@ def fuse_surface(splats: Splats, cameras: Cameras, hull: VisualHull, cfg: MeshCo
     cams = meshing_cameras(cameras, cfg.render_size, cfg.extra_views)
     grid = tsdf_grid(hull, cfg)
     volume = integrate_splats(splats, cams, grid, cfg)
-    tsdf = close_unseen(volume, grid, hull)
+    tsdf, observed = close_unseen(volume, grid, hull)
     raw = volume.extract_triangle_mesh()
     vertices = np.asarray(raw.vertices)
     faces = np.asarray(raw.triangles)
@@ -239,7 +263,8 @@ def fuse_surface(splats: Splats, cameras: Cameras, hull: VisualHull, cfg: MeshCo
     colors = (np.asarray(raw.vertex_colors) * 255).round().clip(0, 255).astype(np.uint8)
     mesh = trimesh.Trimesh(vertices, faces, vertex_colors=colors, process=True)
     sdf = tsdf[:, 0].reshape((grid.resolution,) * 3) * grid.trunc
-    return Surface(clean_mesh(mesh, hull, cfg.keep_fraction), sdf, grid)
+    shape = (grid.resolution,) * 3
+    return Surface(clean_mesh(mesh, hull, cfg.keep_fraction), sdf, grid, observed.reshape(shape))
 
 
 def tsdf_mesh(splats: Splats, cameras: Cameras, hull: VisualHull, cfg: MeshConfig) -> Any:
@@ -248,14 +273,53 @@ def tsdf_mesh(splats: Splats, cameras: Cameras, hull: VisualHull, cfg: MeshConfi
 
 
 def carve_splats(splats: Splats, surface: Surface, cfg: MeshConfig) -> Splats:
-    """The splats without the gaussians whose centres lie outside the closed surface (`carve_voxels`)."""
-    if cfg.validate().carve_voxels <= 0:
-        return splats
+    """The splats without the gaussians whose centres lie outside the closed surface (`carve_voxels` in
+    observed space, any distance in unobserved space), then clipped to it (`clip_splats`)."""
+    cfg.validate()
     means = splats.means.detach().cpu().numpy()
-    keep = surface.distance(means) <= cfg.carve_voxels * surface.grid.voxel
-    if keep.all() or not keep.any():
+    keep = ~surface.unobserved_outside(means)
+    if cfg.carve_voxels > 0:
+        keep &= surface.distance(means) <= cfg.carve_voxels * surface.grid.voxel
+    if not keep.all() and keep.any():
+        splats = splats.subset(keep)
+    return clip_splats(splats, surface, cfg.clip_sigmas)
+
+
+# Fractions of an axis tried, longest first, when shortening it out of unobserved space; the last is the
+# floor (a gaussian is never flattened to nothing: its colour still counts in the views that see it).
+CLIP_STEPS = (1.0, 0.7, 0.5, 0.35, 0.25, 0.15, 0.1)
+
+
+def clip_splats(splats: Splats, surface: Surface, sigmas: float) -> Splats:
+    """The splats with every principal axis shortened (to the longest of `CLIP_STEPS`) until both ends of
+    its `sigmas`-sigma extent stay out of unobserved space outside the surface.
+
+    Why only the axes, and only there: the training views see the hidden cone under an object only
+    through its outline, so an edge gaussian there can reach into it unseen and, from below, hangs as
+    a soft lip under the object. A centre can sit inside the surface while its 3-sigma tail leaves it.
+    Where space was observed, a gaussian's reach was fitted against the views and stays.
+    """
+    if sigmas <= 0 or surface.observed is None or len(splats) == 0:
         return splats
-    return splats.subset(keep)
+    from recon.raster_torch import quat_to_rotmat
+
+    means = splats.means.detach().cpu().numpy()
+    rot = quat_to_rotmat(splats.quats.detach().cpu()).numpy()  # [N, 3, 3], columns are the axes
+    scales = np.exp(splats.scales.detach().cpu().numpy())
+    factor = np.ones_like(scales)
+    for a in range(3):
+        reach = rot[:, :, a] * (sigmas * scales[:, a : a + 1])  # [N, 3]
+        settled = np.zeros(len(means), dtype=bool)
+        for step in CLIP_STEPS:
+            ok = ~surface.unobserved_outside(means + step * reach) & ~surface.unobserved_outside(
+                means - step * reach
+            )
+            factor[~settled, a] = step  # the last step tried is the floor for the ones never settled
+            settled |= ok
+    if (factor == 1).all():
+        return splats
+    log_factor = torch.tensor(np.log(factor), dtype=splats.scales.dtype, device=splats.scales.device)
+    return dataclasses.replace(splats, scales=splats.scales.detach() + log_factor)
 
 
 def clean_mesh(mesh: Any, hull: VisualHull, keep_fraction: float) -> Any:

@@ -109,27 +109,31 @@ def rasterize_uv(uv: np.ndarray, faces: np.ndarray, size: int) -> tuple[np.ndarr
     return face_index, bary
 
 
-def bake_cameras(cameras: Cameras, size: int, ring_views: int, orbit_views: int) -> Cameras:
+def bake_cameras(
+    cameras: Cameras, size: int, ring_views: int, orbit_views: int
+) -> tuple[Cameras, np.ndarray]:
     """At most `orbit_views` of the training cameras (evenly spread) plus rings above and below
-    (`BAKE_RINGS`), rendered at `size` px wide.
+    (`BAKE_RINGS`), rendered at `size` px wide; and which training views were taken (they come first).
 
     An 85-frame orbit's neighbouring views see the same texels almost equally frontally; rendering
     all of them would cost more than it adds.
     """
+    taken = np.arange(len(cameras))
     if len(cameras) > orbit_views:
-        cameras = cameras.subset(np.unique(np.linspace(0, len(cameras) - 1, orbit_views).round().astype(int)))
+        taken = np.unique(np.linspace(0, len(cameras) - 1, orbit_views).round().astype(int))
+        cameras = cameras.subset(taken)
     c = cameras.scaled(size, max(1, round(size * cameras.height / cameras.width)))
     radius = float(np.linalg.norm(c.centers(), axis=1).mean())
     extra = [c.c2w]
     if ring_views > 0:
         az = np.arange(ring_views) * 360.0 / ring_views
         extra += [look_at_c2w(orbit_positions(az + offset, el, radius)) for el, offset in BAKE_RINGS]
-    return Cameras(np.concatenate(extra), c.fx, c.fy, c.cx, c.cy, c.width, c.height)
+    return Cameras(np.concatenate(extra), c.fx, c.fy, c.cx, c.cy, c.width, c.height), taken
 
 
 def project_colors(
     points: np.ndarray, normals: np.ndarray, splats: Splats, cameras: Cameras, alpha_min: float,
-    depth_tolerance: float, sharpness: float, batch: int = 4,
+    depth_tolerance: float, sharpness: float, images: np.ndarray | None = None, batch: int = 4,
 ) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
     """Colour [n, 3] in 0..1 (sRGB, as the frames) of surface points, and whether any view saw them.
 
@@ -137,6 +141,11 @@ def project_colors(
     surface (within `depth_tolerance` of the splats' median depth: not occluded) and the splats cover
     that pixel (alpha >= `alpha_min`). The background blended into edge pixels is removed by
     un-premultiplying with the alpha.
+
+    `images` [V, H, W, 3] uint8, when given, are the source frames of the first V `cameras` (any size of
+    the same aspect): their colour is sampled instead of the render's. Visibility still comes from the
+    splats (their depth and alpha), but the colour keeps the frames' full resolution, which a fit at a
+    fraction of it (the CPU preset trains at 128 px on 512 px frames) has blurred.
     """
     device = splats.means.device
     p = torch.tensor(points, dtype=torch.float32, device=device)
@@ -160,6 +169,9 @@ def project_colors(
             grid = torch.stack([u / cameras.width * 2 - 1, v / cameras.height * 2 - 1], -1)[None, None]
             image = torch.cat([renders[j, ..., :3], alphas[j]], -1).permute(2, 0, 1)[None]
             rgba = F.grid_sample(image, grid, mode="bilinear", align_corners=False)[0, :, 0].T  # [n, 4]
+            if images is not None and cam < len(images):
+                frame = torch.as_tensor(images[cam], device=device).permute(2, 0, 1)[None].float() / 255.0
+                rgba[:, :3] = F.grid_sample(frame, grid, mode="bilinear", align_corners=False)[0, :, 0].T
             depth = F.grid_sample(
                 renders[j, ..., 3][None, None], grid, mode="nearest", align_corners=False
             )[0, 0, 0]  # fmt: skip

@@ -158,6 +158,38 @@ def test_carve_removes_gaussians_outside_the_fused_surface_only() -> None:
     assert len(carve_splats(splats, surface, MeshConfig(carve_voxels=0.0))) == n, "0 keeps every gaussian"
 
 
+def test_unobserved_space_carves_at_any_distance_and_clips_the_gaussians_reaching_into_it() -> None:
+    """A sphere whose lower part (z < -0.3) no view observed, like an orbit's hidden underside."""
+    grid = Grid(origin=np.full(3, -1.0), length=2.0, resolution=40, trunc=0.2)
+    centres = grid.centers().reshape(40, 40, 40, 3)
+    sdf = np.clip(np.linalg.norm(centres, axis=-1) - 0.5, -grid.trunc, grid.trunc)
+    surface = Surface(mesh=None, sdf=sdf, grid=grid, observed=centres[..., 2] > -0.3)
+    # 0, 1: 0.03 outside the sphere (under the 2-voxel carve margin), below and above. 2, 3: inside,
+    # 0.1 from the surface, 3-sigma reach 0.3 along z and 0.06 across; below and above.
+    z = [-0.53, 0.53, -0.4, 0.4]
+    sigma = [[0.01, 0.01, 0.01]] * 2 + [[0.02, 0.02, 0.1]] * 2
+    splats = Splats(
+        means=torch.tensor([[0.0, 0.0, v] for v in z]), scales=torch.tensor(sigma).log(),
+        quats=torch.tensor([[1.0, 0, 0, 0]]).repeat(4, 1), opacities=torch.arange(4, dtype=torch.float32),
+        sh0=torch.zeros(4, 1, 3), shN=torch.zeros(4, 3, 3), sh_degree=1, background=torch.zeros(3),
+    )  # fmt: skip
+    cfg = MeshConfig(carve_voxels=2.0, clip_sigmas=3.0)
+    kept = carve_splats(splats, surface, cfg)
+    assert kept.opacities.tolist() == [1.0, 2.0, 3.0], (
+        "the centre outside the sphere in unobserved space stays"
+    )
+    low, high = torch.exp(kept.scales[1]), torch.exp(kept.scales[2])
+    assert torch.allclose(high, torch.tensor(sigma[3])), "a reach into observed space was clipped"
+    assert torch.allclose(low[:2], torch.tensor(sigma[2][:2])), "an axis that stays inside was clipped"
+    bottom = -0.4 - 3 * float(low[2])
+    # Ends out of the unobserved space outside, and within a voxel plus a clip step of the surface.
+    assert -0.5 - grid.voxel <= bottom <= -0.45, (
+        f"the downward reach ends at {bottom:.3f}, not at the surface"
+    )
+    unclipped = carve_splats(splats, surface, MeshConfig(carve_voxels=2.0, clip_sigmas=0.0))
+    assert torch.equal(unclipped.scales, splats.scales[1:]), "clip_sigmas 0 leaves the scales alone"
+
+
 def test_carving_the_fit_by_its_surface_keeps_the_training_views(tall_fit) -> None:
     """What the carve removes (the haze parked in the hull's hidden cone) is not what the views need."""
     _, result, _ = tall_fit
