@@ -262,8 +262,8 @@ def fuse_surface(splats: Splats, cameras: Cameras, hull: VisualHull, cfg: MeshCo
         raise ReconError("meshing found no surface (the fitted splats render as background everywhere)")
     colors = (np.asarray(raw.vertex_colors) * 255).round().clip(0, 255).astype(np.uint8)
     mesh = trimesh.Trimesh(vertices, faces, vertex_colors=colors, process=True)
-    sdf = tsdf[:, 0].reshape((grid.resolution,) * 3) * grid.trunc
     shape = (grid.resolution,) * 3
+    sdf = tsdf[:, 0].reshape(shape) * grid.trunc
     return Surface(clean_mesh(mesh, hull, cfg.keep_fraction), sdf, grid, observed.reshape(shape))
 
 
@@ -309,13 +309,16 @@ def clip_splats(splats: Splats, surface: Surface, sigmas: float) -> Splats:
     factor = np.ones_like(scales)
     for a in range(3):
         reach = rot[:, :, a] * (sigmas * scales[:, a : a + 1])  # [N, 3]
-        settled = np.zeros(len(means), dtype=bool)
+        pending = np.arange(len(means))  # gaussians whose axis still reaches into unobserved space
         for step in CLIP_STEPS:
-            ok = ~surface.unobserved_outside(means + step * reach) & ~surface.unobserved_outside(
-                means - step * reach
+            factor[pending, a] = step  # the last step tried is the floor for the ones never settled
+            ends = step * reach[pending]
+            out = surface.unobserved_outside(means[pending] + ends) | surface.unobserved_outside(
+                means[pending] - ends
             )
-            factor[~settled, a] = step  # the last step tried is the floor for the ones never settled
-            settled |= ok
+            pending = pending[out]
+            if len(pending) == 0:
+                break
     if (factor == 1).all():
         return splats
     log_factor = torch.tensor(np.log(factor), dtype=splats.scales.dtype, device=splats.scales.device)
