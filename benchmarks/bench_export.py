@@ -23,11 +23,16 @@ Targets: textured >= vertex-colour + 2 dB PSNR, faces <= --faces, glb < 12 MB at
     python benchmarks/bench_export.py [--frame-size 512] [--size 128] [--iterations 800]
         [--faces 50000 10000] [--bake-from frames|splats] [--device cpu]
     python benchmarks/bench_export.py --source oracle
+
+A fit at the GPU preset needs CUDA, the mesh and export need open3d (too large to carry to the GPU
+machine): fit there with `--preset quality --device cuda --frames-cache F --fit-cache P --fit-only`,
+then run the same command without `--fit-only`/`--device` here; both caches are reused.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import shutil
 import subprocess
@@ -40,7 +45,8 @@ import numpy as np
 
 from recon import synthetic
 from recon.asset import ExportConfig, write_asset
-from recon.fit import FitConfig, fit
+from recon.config import resolve_settings
+from recon.fit import FitConfig, Splats, fit
 from recon.frames import asset_transform, cameras_to_asset, front_direction
 from recon.mesh import MeshConfig, tsdf_mesh
 from recon.mesh_files import linear_to_srgb
@@ -246,6 +252,57 @@ def report(rows: dict[str, dict[str, Any]], faces: int) -> bool:
     )
 
 
+def ray_cast_frames(args: argparse.Namespace) -> np.ndarray:
+    """The training frames [V, S, S, 3] uint8 (ray-cast, or read from --frames-cache)."""
+    if args.frames_cache is not None and args.frames_cache.exists():
+        with np.load(args.frames_cache) as data:
+            return data["frames"]
+    c2w = synthetic.orbit_c2w(np.arange(args.views) * 360.0 / args.views, ELEVATION, RADIUS)
+    frames, _ = synthetic.render(
+        c2w, FOV, args.frame_size, supersample=TRUTH_SUPERSAMPLE, shading=synthetic.fine_pattern
+    )
+    if args.frames_cache is not None:
+        np.savez_compressed(args.frames_cache, frames=frames)
+    return frames
+
+
+def fit_settings(args: argparse.Namespace) -> tuple[FitConfig, MeshConfig]:
+    """The fit and mesh settings: a reconstruct preset's, or the bench's CPU-sized defaults."""
+    if args.preset is None:
+        fit_cfg = FitConfig(
+            iterations=args.iterations, resolution=args.size, max_gaussians=args.max_gaussians
+        )
+        mesh_cfg = MeshConfig()
+    else:
+        settings = resolve_settings(None, preset=args.preset)
+        fit_cfg, mesh_cfg = settings.fit, settings.mesh
+    fit_cfg.device = args.device
+    return fit_cfg, mesh_cfg
+
+
+def cached_fit(
+    frames: np.ndarray, cams: Cameras, cfg: FitConfig, args: argparse.Namespace
+) -> tuple[Any, ...]:
+    """(splats, training cameras, hull): fitted, or read from --fit-cache (written after a fit)."""
+    import torch
+
+    if args.fit_cache is not None and args.fit_cache.exists():
+        saved = torch.load(args.fit_cache, weights_only=False)
+        return saved["splats"], saved["cameras"], saved["hull"]
+    result = fit(frames, cams, cfg, progress=not args.quiet)
+    splats = dataclasses.replace(
+        result.splats,
+        **{
+            f.name: getattr(result.splats, f.name).cpu()
+            for f in dataclasses.fields(Splats)
+            if isinstance(getattr(result.splats, f.name), torch.Tensor)
+        },
+    )  # fmt: skip  (the export runs on the CPU, maybe on another machine)
+    if args.fit_cache is not None:
+        torch.save({"splats": splats, "cameras": result.cameras, "hull": result.hull}, args.fit_cache)
+    return splats, result.cameras, result.hull
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--views", type=int, default=36)
@@ -264,24 +321,29 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--out", type=Path, default=None, help="keep the exports and renders here")
     parser.add_argument("--source", choices=("fit", "oracle"), default="fit")
+    parser.add_argument(
+        "--preset", default=None,
+        help="fit and mesh with this reconstruct preset (e.g. quality) instead of --size/--iterations",
+    )  # fmt: skip
+    parser.add_argument("--frames-cache", type=Path, default=None, help="npz of the ray-cast frames (reused)")
+    parser.add_argument("--fit-cache", type=Path, default=None, help="the fit's splats and cameras (reused)")
+    parser.add_argument("--fit-only", action="store_true", help="stop after the fit (no open3d there)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     args = parser.parse_args()
     out = args.out or Path(tempfile.mkdtemp(prefix="bench_export_"))
 
     step = 360.0 / args.views
-    train_c2w = synthetic.orbit_c2w(np.arange(args.views) * step, ELEVATION, RADIUS)
-    frames, _ = synthetic.render(
-        train_c2w, FOV, args.frame_size, supersample=TRUTH_SUPERSAMPLE, shading=synthetic.fine_pattern
-    )
+    frames = ray_cast_frames(args)
     cams = orbit_cameras(args.views, OrbitConfig(ELEVATION, RADIUS, FOV), args.frame_size, args.frame_size)
-    cfg = FitConfig(
-        iterations=args.iterations, resolution=args.size, max_gaussians=args.max_gaussians, device=args.device
-    )
+    fit_cfg, mesh_cfg = fit_settings(args)
     t0 = time.perf_counter()
     if args.source == "fit":
-        result = fit(frames, cams, cfg, progress=not args.quiet)
-        splats, train_cams = result.splats, result.cameras
-        mesh = tsdf_mesh(result.splats, result.cameras, result.hull, MeshConfig())
+        splats, train_cams, hull = cached_fit(frames, cams, fit_cfg, args)
+        if args.fit_only:
+            seconds = time.perf_counter() - t0
+            print(f"fit: {len(splats)} gaussians, {seconds:.0f} s, saved to {args.fit_cache}")
+            return
+        mesh = tsdf_mesh(splats, train_cams, hull, mesh_cfg)
     else:
         splats = synthetic.surface_splats(synthetic.fine_pattern, count=ORACLE_SPLATS, scale=ORACLE_SCALE)
         mesh, train_cams = synthetic.triangle_mesh(ORACLE_SUBDIVISIONS), cams
@@ -300,9 +362,10 @@ def main() -> None:
     held_world = Cameras(held_c2w, base.fx, base.fy, base.cx, base.cy, EVAL_SIZE, EVAL_SIZE)
     held = cameras_to_asset(held_world, transform)
 
-    source = f"{args.iterations} iterations" if args.source == "fit" else "oracle splats, true mesh"
+    source = f"{fit_cfg.iterations} iterations" if args.source == "fit" else "oracle splats, true mesh"
     print(
-        f"views {args.views} at {args.frame_size}px, fit at {args.size}px, {source}, "
+        f"views {args.views} at {args.frame_size}px, fit at {fit_cfg.resolution}px ({args.preset or 'bench'}"
+        f" settings), {source}, "
         f"bake from {args.bake_from}, device {args.device}, "
         f"{len(splats)} gaussians, mesh {len(mesh.faces)} faces before export, {t_fit:.0f} s"
     )

@@ -10,7 +10,7 @@ import torch
 from scipy.spatial.transform import Rotation
 
 from recon.poses import OrbitConfig, orbit_cameras
-from recon.raster_torch import eval_sh, project, rasterize_torch
+from recon.raster_torch import ALPHA_THRESHOLD, eval_sh, project, rasterize_torch
 
 
 def random_gaussians(n: int, seed: int = 0, spread: float = 0.8, log_scale: float = -3.5):
@@ -124,8 +124,11 @@ def test_torch_rasteriser_agrees_with_gsplat_on_cuda() -> None:
         *args, 96, 96, sh_degree=3, backgrounds=bg.cuda(), render_mode="RGB+ED", packed=False
     )  # packed=False as recon.raster calls it (1.5.3 rejects per-camera backgrounds when packed)
     ours, alpha, _ = rasterize_torch(*args, 96, 96, sh_degree=3, backgrounds=bg.cuda(), render_mode="RGB+ED")
-    # Measured on an H100: 1 of 27,648 colour values differs by 2.7e-3 (float32 summation order).
-    torch.testing.assert_close(ours[..., :3], ref[..., :3], atol=3e-3, rtol=1e-3)
-    torch.testing.assert_close(alpha, ref_alpha, atol=2e-3, rtol=1e-3)
+    # Both skip a gaussian whose alpha at a pixel is under 1/255; one sitting at that cut-off can fall
+    # on either side in float32, moving that pixel by up to 1/255. Measured: 1 of 27,648 values off,
+    # by 2.7e-3 (colour on an H100, alpha on an H200). Such pixels must stay rare.
+    for got, want in ((ours[..., :3], ref[..., :3]), (alpha, ref_alpha)):
+        torch.testing.assert_close(got, want, atol=ALPHA_THRESHOLD, rtol=1e-3)
+        assert ((got - want).abs() > 1e-4).float().mean() < 1e-3
     mask = ref_alpha[..., 0] > 0.5
     torch.testing.assert_close(ours[..., 3][mask], ref[..., 3][mask], atol=5e-3, rtol=1e-3)
