@@ -80,7 +80,7 @@ RANGES: dict[str, dict[str, tuple[float, float]]] = {
         "voxels": (8, 1024), "render_size": (16, 4096), "extra_views": (0, 360), "trunc_voxels": (0.5, 64),
         "alpha_min": (0.0, 1.0), "alpha_solid": (0.0, 1.0), "keep_fraction": (0.0, 1.0),
         "depth_alpha": (0.01, 0.99), "carve_voxels": (0.0, 64), "clip_sigmas": (0.0, 6.0),
-        "outline_px": (0, 64),
+        "outline_px": (0, 64), "hidden_views": (0, 10_000),
     },
 }  # fmt: skip
 

@@ -20,7 +20,7 @@ from recon.background import find_background
 from recon.fit import FitConfig, Schedule, Splats, fit, prepare_views, psnr
 from recon.hull import carve_visual_hull, seen_counts, working_half_size
 from recon.inputs import load_orbit
-from recon.mesh import Grid, MeshConfig, Surface, carve_splats, fuse_surface, tsdf_mesh
+from recon.mesh import Grid, MeshConfig, Surface, carve_splats, fuse_surface, remove_hidden_faces, tsdf_mesh
 from recon.poses import Cameras, OrbitConfig, orbit_cameras
 
 ELEVATION, RADIUS, FOV = 20.0, 2.0, 40.0
@@ -137,6 +137,22 @@ def test_mesh_has_no_inner_walls_and_closes_the_unseen_underside_flat(tall_fit) 
     assert mesh.area_faces[cap].sum() > 0.5 * 0.4 * 0.3, "no surface closes the unseen underside"
     low, high = np.percentile(centres[cap, 2], [5, 95])
     assert high - low < 0.02, "the cap is not flat"
+
+
+def test_hidden_faces_go_and_every_face_an_outside_view_can_see_stays() -> None:
+    """An inner sheet (a small sphere inside a closed ring) goes; the ring's outer and inner walls, a
+    concavity that views see through the hole, stay to the last face."""
+    import trimesh
+
+    ring = trimesh.creation.annulus(r_min=0.3, r_max=0.8, height=0.4, sections=48)
+    ring = ring.subdivide_to_size(0.03)  # faces of about a voxel, as a TSDF mesh has
+    inner = trimesh.creation.icosphere(subdivisions=3, radius=0.1)
+    inner.apply_translation([0.55, 0.0, 0.0])  # inside the ring's solid, seen by nobody
+    mesh = trimesh.util.concatenate([ring, inner])
+    kept = remove_hidden_faces(mesh, views=100, spacing=0.01)
+    assert len(kept.faces) == len(ring.faces), "the hidden sphere goes, every face of the ring stays"
+    assert np.abs(kept.vertices - [0.55, 0.0, 0.0]).max(axis=1).min() > 0.1, "no vertex of the sphere left"
+    assert np.linalg.norm(kept.vertices[:, :2], axis=1).min() < 0.31, "the walls of the hole stay"
 
 
 def test_carve_removes_gaussians_outside_the_fused_surface_only() -> None:
