@@ -17,6 +17,10 @@ Targets: between >= 32 dB, above >= 28 dB, below >= 24 dB, Chamfer-L1 <= 0.02, f
 
     python benchmarks/bench_every_side.py [--scenes tall panda dark] [--iterations N] [--size 128]
         [--pictures DIR]
+
+`--preset quality` fits and meshes with the GPU default preset instead (frames at its 512 px). Its fit
+needs CUDA and the mesh needs open3d, so split it: `--preset quality --device cuda --cache DIR
+--fit-only` on the GPU machine, then the same command with `--cache DIR` alone here.
 """
 
 from __future__ import annotations
@@ -24,13 +28,16 @@ from __future__ import annotations
 import argparse
 import time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 import torch
+from fit_cache import cached_fit, cached_frames
 from scipy.spatial import cKDTree
 
 from recon import synthetic
+from recon.config import resolve_settings
 from recon.fit import FitConfig, fit, psnr
 from recon.mesh import MeshConfig, carve_splats, fuse_surface
 from recon.poses import Cameras, OrbitConfig, orbit_cameras
@@ -112,18 +119,44 @@ def save_pictures(folder: Path, name: str, views: Views) -> None:
     iio.imwrite(folder / f"{name}_truth_vs_fit.png", np.concatenate(rows, axis=0))
 
 
-def run_scene(scene: Scene, args: argparse.Namespace) -> dict[str, float]:
+def settings(args: argparse.Namespace) -> tuple[FitConfig, MeshConfig]:
+    """The fit and mesh settings: the bench's own (--size, --iterations) or a reconstruct preset's."""
+    if args.preset is None:
+        fit_cfg = FitConfig(iterations=args.iterations, resolution=args.size)
+        mesh_cfg = MeshConfig()
+    else:
+        preset = resolve_settings(None, preset=args.preset)
+        fit_cfg, mesh_cfg = preset.fit, preset.mesh
+    fit_cfg.device, fit_cfg.seed = args.device, args.seed
+    return fit_cfg, mesh_cfg
+
+
+def run_scene(scene: Scene, args: argparse.Namespace) -> dict[str, float] | None:
+    """The scene's figures; None after a --fit-only run."""
+    fit_cfg, mesh_cfg = settings(args)
+    size = fit_cfg.resolution
     step = 360.0 / FRAMES
-    frames, _ = truth(scene, np.arange(FRAMES) * step, ELEVATION, args.size)
-    cams = orbit_cameras(FRAMES, OrbitConfig(ELEVATION, RADIUS, FOV), args.size, args.size)
-    cfg = FitConfig(iterations=args.iterations, resolution=args.size, device=args.device, seed=args.seed)
+    names = {
+        "frames": f"{scene.name}_{size}_frames.npz",
+        "fit": f"{scene.name}_{size}_{fit_cfg.iterations}_{args.seed}.pt",
+    }
+    cache = {kind: None if args.cache is None else args.cache / name for kind, name in names.items()}
+    frames = cached_frames(
+        cache["frames"], lambda: truth(scene, np.arange(FRAMES) * step, ELEVATION, size)[0]
+    )
+    cams = orbit_cameras(FRAMES, OrbitConfig(ELEVATION, RADIUS, FOV), size, size)
     start = time.perf_counter()
-    result = fit(frames, cams, cfg, progress=not args.quiet)
+    fitted, cameras, hull = cached_fit(
+        cache["fit"], partial(fit, frames, cams, fit_cfg, progress=not args.quiet)
+    )
     t_fit = time.perf_counter() - start
-    surface = fuse_surface(result.splats, result.cameras, result.hull, MeshConfig())
-    mesh, splats = surface.mesh, carve_splats(result.splats, surface, MeshConfig())  # as `reconstruct` does
+    if args.fit_only:
+        print(f"{scene.name}: fitted {len(fitted)} gaussians in {t_fit:.0f} s", flush=True)
+        return None
+    surface = fuse_surface(fitted, cameras, hull, mesh_cfg)
+    mesh, splats = surface.mesh, carve_splats(fitted, surface, mesh_cfg)  # as `reconstruct` does
     t_total = time.perf_counter() - start
-    views = held_out(splats, scene, result.cameras, args.size)
+    views = held_out(splats, scene, cameras, size)
     chamfer, far_share = mesh_figures(mesh, scene)
     if args.pictures:
         save_pictures(Path(args.pictures), scene.name, views)
@@ -147,21 +180,34 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--pictures", default=None, help="Folder for truth-vs-fit pictures (above, below).")
+    parser.add_argument("--preset", default=None, help="fit and mesh with this reconstruct preset (quality)")
+    parser.add_argument("--cache", type=Path, default=None, help="folder of the frames and fits, reused")
+    parser.add_argument("--fit-only", action="store_true", help="stop after the fits (no open3d there)")
     parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args()
+    if args.cache is not None:
+        args.cache.mkdir(parents=True, exist_ok=True)
+    fit_cfg, _ = settings(args)
 
-    print(f"{FRAMES} frames at {args.size}x{args.size}, elevation {ELEVATION}, radius {RADIUS}, fov {FOV}; "
-          f"{args.iterations} iterations on {args.device}, {torch.get_num_threads()} threads")  # fmt: skip
+    size = fit_cfg.resolution
+    print(f"{FRAMES} frames at {size}x{size}, elevation {ELEVATION}, radius {RADIUS}, "
+          f"fov {FOV}; {fit_cfg.iterations} iterations ({args.preset or 'bench'} settings) on {args.device}, "
+          f"{torch.get_num_threads()} threads")  # fmt: skip
     print(f"{'scene':6} {'between':>8} {'above':>7} {'below':>7} {'chamfer':>8} {'far%':>6} "
           f"{'gauss':>6} {'faces':>7} {'fit s':>6} {'total s':>7}  result")  # fmt: skip
     all_ok = True
     for name in args.scenes:
         f = run_scene(SCENES[name], args)
+        if f is None:
+            continue
         ok = passes(f)
         all_ok &= ok
         print(f"{name:6} {f['between']:8.2f} {f['above']:7.2f} {f['below']:7.2f} {f['chamfer']:8.4f} "
               f"{100 * f['far_share']:6.2f} {f['gaussians']:6d} {f['faces']:7d} {f['fit_s']:6.0f} "
               f"{f['total_s']:7.0f}  {'PASS' if ok else 'FAIL'}", flush=True)  # fmt: skip
+    if args.fit_only:
+        print(f"fits saved in {args.cache}: run again without --fit-only to judge them")
+        return
     print("targets: between >= 32 dB, above >= 28 dB, below >= 24 dB, Chamfer-L1 <= 0.02, far vertices < 1%")
     print("PASS" if all_ok else "FAIL")
 

@@ -32,21 +32,22 @@ then run the same command without `--fit-only`/`--device` here; both caches are 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import shutil
 import subprocess
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from fit_cache import cached_fit, cached_frames
 
 from recon import synthetic
 from recon.asset import ExportConfig, write_asset
 from recon.config import resolve_settings
-from recon.fit import FitConfig, Splats, fit
+from recon.fit import FitConfig, fit
 from recon.frames import asset_transform, cameras_to_asset, front_direction
 from recon.mesh import MeshConfig, tsdf_mesh
 from recon.mesh_files import linear_to_srgb
@@ -214,7 +215,10 @@ def export_pair(
     for name, vertex_colors in (("textured", False), ("vertex colour", True)):
         folder = out / name.replace(" ", "_")
         folder.mkdir(parents=True, exist_ok=True)
-        export = ExportConfig(faces=faces, texture_size=args.texture_size, vertex_colors=vertex_colors)
+        export = ExportConfig(
+            faces=faces, texture_size=args.texture_size, vertex_colors=vertex_colors,
+            bake_from_frames=frames is not None,
+        )  # fmt: skip
         t1 = time.perf_counter()
         write_asset(folder, mesh.copy(), splats, train_cams, export, transform, frames)
         seconds = time.perf_counter() - t1
@@ -254,16 +258,13 @@ def report(rows: dict[str, dict[str, Any]], faces: int) -> bool:
 
 def ray_cast_frames(args: argparse.Namespace) -> np.ndarray:
     """The training frames [V, S, S, 3] uint8 (ray-cast, or read from --frames-cache)."""
-    if args.frames_cache is not None and args.frames_cache.exists():
-        with np.load(args.frames_cache) as data:
-            return data["frames"]
     c2w = synthetic.orbit_c2w(np.arange(args.views) * 360.0 / args.views, ELEVATION, RADIUS)
-    frames, _ = synthetic.render(
-        c2w, FOV, args.frame_size, supersample=TRUTH_SUPERSAMPLE, shading=synthetic.fine_pattern
+    return cached_frames(
+        args.frames_cache,
+        lambda: synthetic.render(
+            c2w, FOV, args.frame_size, supersample=TRUTH_SUPERSAMPLE, shading=synthetic.fine_pattern
+        )[0],
     )
-    if args.frames_cache is not None:
-        np.savez_compressed(args.frames_cache, frames=frames)
-    return frames
 
 
 def fit_settings(args: argparse.Namespace) -> tuple[FitConfig, MeshConfig]:
@@ -278,29 +279,6 @@ def fit_settings(args: argparse.Namespace) -> tuple[FitConfig, MeshConfig]:
         fit_cfg, mesh_cfg = settings.fit, settings.mesh
     fit_cfg.device = args.device
     return fit_cfg, mesh_cfg
-
-
-def cached_fit(
-    frames: np.ndarray, cams: Cameras, cfg: FitConfig, args: argparse.Namespace
-) -> tuple[Any, ...]:
-    """(splats, training cameras, hull): fitted, or read from --fit-cache (written after a fit)."""
-    import torch
-
-    if args.fit_cache is not None and args.fit_cache.exists():
-        saved = torch.load(args.fit_cache, weights_only=False)
-        return saved["splats"], saved["cameras"], saved["hull"]
-    result = fit(frames, cams, cfg, progress=not args.quiet)
-    splats = dataclasses.replace(
-        result.splats,
-        **{
-            f.name: getattr(result.splats, f.name).cpu()
-            for f in dataclasses.fields(Splats)
-            if isinstance(getattr(result.splats, f.name), torch.Tensor)
-        },
-    )  # fmt: skip  (the export runs on the CPU, maybe on another machine)
-    if args.fit_cache is not None:
-        torch.save({"splats": splats, "cameras": result.cameras, "hull": result.hull}, args.fit_cache)
-    return splats, result.cameras, result.hull
 
 
 def main() -> None:
@@ -338,7 +316,8 @@ def main() -> None:
     fit_cfg, mesh_cfg = fit_settings(args)
     t0 = time.perf_counter()
     if args.source == "fit":
-        splats, train_cams, hull = cached_fit(frames, cams, fit_cfg, args)
+        run = partial(fit, frames, cams, fit_cfg, progress=not args.quiet)
+        splats, train_cams, hull = cached_fit(args.fit_cache, run)
         if args.fit_only:
             seconds = time.perf_counter() - t0
             print(f"fit: {len(splats)} gaussians, {seconds:.0f} s, saved to {args.fit_cache}")
