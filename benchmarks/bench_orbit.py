@@ -88,7 +88,7 @@ def run_orbit(elevation: float, fov: float, direction: str, args: argparse.Names
     n, sign = args.frames, 1.0 if direction == "ccw" else -1.0
     radius = true_radius(fov, args.framed)
     frames = render(sign * np.arange(n) * 360.0 / n, np.full(n, elevation), fov, args.size, radius)
-    cfg = FitConfig(iterations=args.iterations, resolution=args.resolution, device="cpu")
+    cfg = FitConfig(iterations=args.iterations, resolution=args.resolution, device="cpu", seed=args.fit_seed)
     truth = OrbitConfig(elevation=elevation, fov=fov, direction=direction, radius=radius)
     t = time.perf_counter()
     estimate = estimate_orbit(frames, OrbitConfig())
@@ -214,6 +214,10 @@ def main() -> None:
         help="Also fit from the bundle-adjusted poses with pose refinement (0: the adjustment alone).",
     )  # fmt: skip
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument(
+        "--fit-seed", type=int, default=FitConfig.seed,
+        help="Seed of both fits (their initial gaussians): rerun with others for the fit-to-fit spread.",
+    )  # fmt: skip
     args = parser.parse_args()
     print(
         f"{args.frames} frames at {args.size} px, fit at {args.resolution} px, {args.iterations} iterations, "

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -193,6 +194,25 @@ def test_texture_holds_detail_vertex_colours_cannot(scene) -> None:
         errors[vertex_colors] = float(np.median(np.abs(colors - truth)[ok].mean(1)))
     # Measured: texture 0.034, vertex colours 0.063 (a broken atlas or flipped v gives > 0.1).
     assert errors[False] < 0.7 * errors[True], errors
+
+
+def test_bake_takes_the_colour_from_the_frames_and_only_visibility_from_the_splats(scene) -> None:
+    """Frames of another colour and twice the cameras' size: where a view sees the surface, the colour
+    is the frames' (sampled at their own size), not the splats' renders'."""
+    from recon.texture import project_colors
+
+    mesh, cams = scene["mesh"], scene["cams"]
+    points, normals = np.asarray(mesh.vertices), np.asarray(mesh.vertex_normals)
+    magenta = np.array([1.0, 0.0, 1.0])
+    frames = np.zeros((len(cams), 2 * SIZE, 2 * SIZE, 3), dtype=np.uint8)
+    frames[...] = (magenta * 255).astype(np.uint8)
+    tolerance = 0.02 * float(np.linalg.norm(np.ptp(points, axis=0)))
+    bake = partial(project_colors, points, normals, scene["splats"], cams, 0.5, tolerance, 2.0)
+    from_frames, seen = bake(images=frames)
+    from_splats, seen_splats = bake()
+    assert seen.mean() > 0.5 and np.array_equal(seen, seen_splats), "the splats alone decide visibility"
+    assert np.median(np.abs(from_frames[seen] - magenta)) < 0.02, "the frames' colour"
+    assert np.median(np.abs(from_splats[seen] - magenta)) > 0.2, "the renders' colour is the pattern's"
 
 
 def test_exported_normals_are_unit_even_where_trimesh_has_none(tmp_path: Path) -> None:
