@@ -6,7 +6,7 @@ observed (the underside of an object an orbit sees from above) is closed by the 
 at the lowest and highest observed surface, so the mesh is watertight without inventing a cone of
 hidden space. The extracted surface is cleaned with trimesh: faces outside the silhouette visual hull
 go, and only the largest connected component(s) stay, so no background shell or floater survives;
-then every face no ray from outside reaches goes too (inner sheets no viewer can see).
+before that, every face no ray from outside reaches goes (inner sheets no viewer can see).
 Background pixels (alpha < 0.5) are integrated as infinitely far, so their rays carve free space;
 outline pixels (alpha < 0.95) are left out.
 
@@ -255,8 +255,8 @@ class Surface:
 
 
 def fuse_surface(splats: Splats, cameras: Cameras, hull: VisualHull, cfg: MeshConfig) -> Surface:
-    """Steps: render the splats, fuse them in a TSDF, close unseen space from the hull, extract, clean,
-    remove the faces no outside view sees."""
+    """Steps: render the splats, fuse them in a TSDF, close unseen space from the hull, extract, remove
+    the faces no outside view sees, clean."""
     import trimesh
 
     cams = meshing_cameras(cameras, cfg.render_size, cfg.extra_views)
@@ -270,9 +270,9 @@ def fuse_surface(splats: Splats, cameras: Cameras, hull: VisualHull, cfg: MeshCo
         raise ReconError("meshing found no surface (the fitted splats render as background everywhere)")
     colors = (np.asarray(raw.vertex_colors) * 255).round().clip(0, 255).astype(np.uint8)
     mesh = trimesh.Trimesh(vertices, faces, vertex_colors=colors, process=True)
-    mesh = clean_mesh(mesh, hull, cfg.keep_fraction)
-    if cfg.hidden_views > 0:
+    if cfg.hidden_views > 0:  # first: the cleaning then drops the scraps of inner sheets it leaves
         mesh = remove_hidden_faces(mesh, cfg.hidden_views, grid.voxel)
+    mesh = clean_mesh(mesh, hull, cfg.keep_fraction)
     shape = (grid.resolution,) * 3
     sdf = tsdf[:, 0].reshape(shape) * grid.trunc
     return Surface(mesh, sdf, grid, observed.reshape(shape))
