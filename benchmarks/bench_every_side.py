@@ -33,11 +33,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from fit_cache import cached_fit, cached_frames
+from fit_cache import bench_settings, cached_fit, cached_frames
 from scipy.spatial import cKDTree
 
 from recon import synthetic
-from recon.config import resolve_settings
 from recon.fit import FitConfig, fit, psnr
 from recon.mesh import MeshConfig, carve_splats, fuse_surface
 from recon.poses import Cameras, OrbitConfig, orbit_cameras
@@ -121,14 +120,8 @@ def save_pictures(folder: Path, name: str, views: Views) -> None:
 
 def settings(args: argparse.Namespace) -> tuple[FitConfig, MeshConfig]:
     """The fit and mesh settings: the bench's own (--size, --iterations) or a reconstruct preset's."""
-    if args.preset is None:
-        fit_cfg = FitConfig(iterations=args.iterations, resolution=args.size)
-        mesh_cfg = MeshConfig()
-    else:
-        preset = resolve_settings(None, preset=args.preset)
-        fit_cfg, mesh_cfg = preset.fit, preset.mesh
-    fit_cfg.device, fit_cfg.seed = args.device, args.seed
-    return fit_cfg, mesh_cfg
+    own_fit = FitConfig(iterations=args.iterations, resolution=args.size)
+    return bench_settings(args.preset, own_fit, {"device": args.device, "seed": args.seed})
 
 
 def run_scene(scene: Scene, args: argparse.Namespace) -> dict[str, float] | None:

@@ -42,14 +42,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from fit_cache import cached_fit, cached_frames
+from fit_cache import bench_settings, cached_fit, cached_frames
 
 from recon import synthetic
 from recon.asset import ExportConfig, write_asset
-from recon.config import resolve_settings
 from recon.fit import FitConfig, fit
 from recon.frames import asset_transform, cameras_to_asset, front_direction
-from recon.mesh import MeshConfig, tsdf_mesh
+from recon.mesh import tsdf_mesh
 from recon.mesh_files import linear_to_srgb
 from recon.poses import Cameras, OrbitConfig, orbit_cameras
 from recon.surface import smooth_surface
@@ -267,20 +266,6 @@ def ray_cast_frames(args: argparse.Namespace) -> np.ndarray:
     )
 
 
-def fit_settings(args: argparse.Namespace) -> tuple[FitConfig, MeshConfig]:
-    """The fit and mesh settings: a reconstruct preset's, or the bench's CPU-sized defaults."""
-    if args.preset is None:
-        fit_cfg = FitConfig(
-            iterations=args.iterations, resolution=args.size, max_gaussians=args.max_gaussians
-        )
-        mesh_cfg = MeshConfig()
-    else:
-        settings = resolve_settings(None, preset=args.preset)
-        fit_cfg, mesh_cfg = settings.fit, settings.mesh
-    fit_cfg.device = args.device
-    return fit_cfg, mesh_cfg
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--views", type=int, default=36)
@@ -313,7 +298,8 @@ def main() -> None:
     step = 360.0 / args.views
     frames = ray_cast_frames(args)
     cams = orbit_cameras(args.views, OrbitConfig(ELEVATION, RADIUS, FOV), args.frame_size, args.frame_size)
-    fit_cfg, mesh_cfg = fit_settings(args)
+    own_fit = FitConfig(iterations=args.iterations, resolution=args.size, max_gaussians=args.max_gaussians)
+    fit_cfg, mesh_cfg = bench_settings(args.preset, own_fit, {"device": args.device})
     t0 = time.perf_counter()
     if args.source == "fit":
         run = partial(fit, frames, cams, fit_cfg, progress=not args.quiet)

@@ -1,4 +1,5 @@
-"""Fits and frames kept on disk, so a benchmark can fit on one machine and mesh and judge on another.
+"""Fits and frames kept on disk, so a benchmark can fit on one machine and mesh and judge on another,
+and the settings such a benchmark runs with (a reconstruct preset's, or its own).
 
 The GPU machine has gsplat's CUDA kernels but no open3d (its wheel is too large to carry there), so a
 benchmark at the GPU preset fits there with `--fit-only` and meshes here, reading the same caches.
@@ -15,7 +16,22 @@ from typing import Any
 import numpy as np
 import torch
 
-from recon.fit import FitResult, Splats
+from recon.config import resolve_settings
+from recon.fit import FitConfig, FitResult, Splats
+from recon.mesh import MeshConfig
+
+
+def bench_settings(
+    preset: str | None, own_fit: FitConfig, fit_overrides: dict[str, Any]
+) -> tuple[FitConfig, MeshConfig]:
+    """The fit and mesh settings: a reconstruct preset's (`preset`, e.g. "quality", CUDA's default), or
+    the benchmark's `own_fit` with the default mesh; `fit_overrides` (device, seed) apply to either."""
+    if preset is None:
+        fit_cfg, mesh_cfg = own_fit, MeshConfig()
+    else:
+        settings = resolve_settings(None, preset=preset)
+        fit_cfg, mesh_cfg = settings.fit, settings.mesh
+    return fit_cfg.updated(fit_overrides), mesh_cfg
 
 
 def cached_frames(path: Path | None, render: Callable[[], np.ndarray]) -> np.ndarray:
