@@ -254,7 +254,8 @@ def estimate_orbit(
     # For the bundle adjustment, tracks start on every frame (twice the observations of a frame the
     # object's darker side leaves few corners on) and go on across the seam (last frame to first). The
     # candidate orbits are scored on the tracks they always were: every START_EVERY-th start, cut at the seam.
-    observed = track(frames, masks, wrap_to=1 if base.full_turn else 0, start_every=1)
+    wrap_to = 1 if base.full_turn else 0
+    observed = track(frames, masks, wrap_to=wrap_to, start_every=1)
     tracks = observed.starting_every(START_EVERY).before_seam()
     estimated = tuple(name for name in ESTIMATED if name not in fixed)
     if len(tracks) < MIN_TRACKS:
@@ -310,7 +311,11 @@ def estimate_orbit(
     uncertainty = {"elevation": float(spread[0]), "fov": float(spread[1])}
     orbit = base.updated({"elevation": round(el, 3), "fov": round(fov, 3), "direction": direction})
     median = float(np.median(full.errors(el, fov, direction)))
+
+    # 6. For the bundle adjustment, the same video tracked backward too: a track lags its point along
+    #    the motion, and backward tracks lag the other way (`recon.tracks`), so together they are unbiased.
+    backward = track(frames, masks, wrap_to=wrap_to, start_every=1, backward=True)
     return OrbitEstimate(
         orbit.validate(), estimated, uncertainty, cost, median, margin, loop_ratio, len(tracks),
-        time.perf_counter() - t0, observed=observed,
+        time.perf_counter() - t0, observed=Tracks.concat(observed, backward),
     )  # fmt: skip
