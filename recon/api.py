@@ -245,6 +245,8 @@ def _fit_and_export(
         "initial_gaussians": settings.fit.init_points,
         "psnr": {"mean": float(np.mean(result.psnr)), "per_view": [round(p, 3) for p in result.psnr]},
         "ssim": {"mean": float(np.mean(result.ssim)), "per_view": [round(s, 4) for s in result.ssim]},
+        # Per-frame exposure learnt with the splats (fit "appearance"; not in the asset), or None.
+        "appearance": result.appearance,
         "mesh": {
             "vertices": len(asset.mesh.vertices), "faces": len(asset.mesh.faces),
             "tsdf_faces": len(mesh.faces),

@@ -75,6 +75,7 @@ RANGES: dict[str, dict[str, tuple[float, float]]] = {
     "fit": {
         "iterations": (1, 1_000_000), "resolution": (16, 4096), "hull_resolution": (8, 512),
         "init_points": (1, 10_000_000), "max_gaussians": (1, 100_000_000), "sh_degree": (0, 3),
+        "lr_appearance": (0.0, 1.0),
     },
     "mesh": {
         "voxels": (8, 1024), "render_size": (16, 4096), "extra_views": (0, 360), "trunc_voxels": (0.5, 64),

@@ -112,6 +112,10 @@ class FitConfig:
     lr_pose_translation: float = 2e-4
     lr_focal: float = 1e-3  # log focal scale per step
     pose_start_fraction: float = 0.1  # corrections start once the splats have roughly settled
+    # Per-frame exposure and white balance (`recon.appearance`): a gain and an offset per frame and
+    # channel, learnt with the splats and not exported, for generated orbits whose exposure drifts.
+    appearance: bool = False
+    lr_appearance: float = 2e-2  # per visit (Adam); a frame is seen once every N steps
 
     def validate(self) -> FitConfig:
         if not isinstance(self.iterations, int) or self.iterations < 1:
@@ -247,6 +251,7 @@ class FitResult:
     seconds: float
     history: list[dict[str, float]]
     initial_cameras: Cameras | None = None  # before pose refinement (None: `cameras` were not refined)
+    appearance: dict[str, Any] | None = None  # per-frame gain and offset (`recon.appearance`), when learnt
 
 
 def resize_frames(frames: np.ndarray, max_side: int) -> np.ndarray:
@@ -461,6 +466,7 @@ def fit(
     viewmats = torch.tensor(cams.viewmats(), dtype=torch.float32, device=device)
     K = torch.tensor(cams.K(), dtype=torch.float32, device=device)[None]
     refiner = _pose_refiner(cfg, len(cams), device)
+    appearance = _appearance(cfg, len(cams), device)
 
     # 4. The loop: one random view per step, L1 + SSIM + alpha on free pixels, then densify / prune.
     history: list[dict[str, float]] = []
@@ -478,6 +484,8 @@ def fit(
             torch.cat([params["sh0"], params["shN"]], 1), view_i, K_i, cams.width, cams.height,
             sh_degree=schedule.sh_degree(step, cfg.sh_degree),
         )  # fmt: skip
+        if appearance is not None:
+            colors_i = appearance.apply(i, colors_i, alpha_i)
         img = composite(colors_i, alpha_i, backgrounds[i : i + 1])
         strategy.step_pre_backward(params, optimizers, state, step, info)
         gt = targets[i : i + 1]
@@ -492,6 +500,8 @@ def fit(
         means_decay.step()
         if refiner is not None:
             refiner.step(step)
+        if appearance is not None:
+            appearance.step(step)
 
         growing = len(params["means"]) < cfg.max_gaussians
         strategy.grow_grad2d = cfg.grow_grad2d if growing else float("inf")
@@ -524,7 +534,8 @@ def fit(
     psnrs = [psnr(renders[j : j + 1], targets[j : j + 1]) for j in range(len(cams))]
     ssims = [float(ssim(renders[j : j + 1], targets[j : j + 1]).item()) for j in range(len(cams))]
     seconds = time.perf_counter() - start
-    return FitResult(splats, hull, cams, small, background, psnrs, ssims, seconds, history, initial_cams)
+    return FitResult(splats, hull, cams, small, background, psnrs, ssims, seconds, history, initial_cams,
+                     None if appearance is None else appearance.report())  # fmt: skip
 
 
 def _pose_refiner(cfg: FitConfig, n: int, device: torch.device) -> Any:
@@ -537,3 +548,12 @@ def _pose_refiner(cfg: FitConfig, n: int, device: torch.device) -> Any:
     return PoseRefiner(
         n, device, cfg.lr_pose_rotation, cfg.lr_pose_translation, cfg.lr_focal, start, cfg.iterations
     )
+
+
+def _appearance(cfg: FitConfig, n: int, device: torch.device) -> Any:
+    """A `recon.appearance.AppearanceCorrection` when the config asks for one, else None."""
+    if not cfg.appearance:
+        return None
+    from recon.appearance import AppearanceCorrection
+
+    return AppearanceCorrection(n, device, cfg.lr_appearance, round(cfg.pose_start_fraction * cfg.iterations))
