@@ -19,6 +19,8 @@ Orbit-specific parts:
 * Schedules scale with the run, as simple_trainer's `steps_scaler` does: refinement start, stop and
   interval, opacity resets and SH-degree steps are fractions of `iterations`, so a 400-step demo still
   densifies and a long run does not refine more often than gsplat would.
+* Optional per-frame appearance (`recon.appearance`, ``appearance``): a gain and an offset per frame
+  and channel on the splats' colour, for generated orbits whose exposure drifts; not exported.
 * gsplat 1.5.3's DefaultStrategy never resets opacity: it tests ``step % reset_every == 0 & step > 0``,
   which Python parses as ``step % reset_every == (0 & step) > 0`` (always false). We call gsplat's own
   `reset_opa` at the intended steps (harmless if a fixed gsplat also does it).
