@@ -218,7 +218,9 @@ def track(
 
     if backward:
         n = len(frames)
-        reversed_tracks = track(frames[::-1], masks[::-1], wrap_to, start_every)
+        # Copies: torch (the downscaling) refuses the negative strides of a reversed view.
+        rev_frames, rev_masks = np.ascontiguousarray(frames[::-1]), np.ascontiguousarray(masks[::-1])
+        reversed_tracks = track(rev_frames, rev_masks, wrap_to, start_every)
         index = np.where(reversed_tracks.valid, n - 1 - reversed_tracks.frames, -1)
         return Tracks(index, reversed_tracks.uv, reversed_tracks.width, reversed_tracks.height)
 
