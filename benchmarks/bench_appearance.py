@@ -62,21 +62,20 @@ def main() -> None:
     for case in args.cases.split(","):
         name, switch = case.split(":")
         frames, on = {"clean": clean, "drifted": drifted}[name], switch == "on"
-        if True:
-            cfg = FitConfig(iterations=args.iterations, resolution=args.resolution, device="cpu",
-                            seed=args.seed, appearance=on, lr_appearance=args.lr_appearance)  # fmt: skip
-            t = time.perf_counter()
-            result = fit(frames, cameras, cfg, progress=False)
-            seconds = time.perf_counter() - t
-            held = held_out_psnr(result.splats, ELEVATION, FOV, 1.0, n, args.resolution, RADIUS, RADIUS)
-            error = "-"
-            if result.appearance is not None:
-                learnt = np.array(result.appearance["gain"])
-                truth = gains if name == "drifted" else np.ones_like(gains)
-                truth = truth / np.exp(np.log(truth).mean(0))  # the same gauge: mean log-gain zero
-                error = f"{np.abs(learnt - truth).mean():.4f}"
-            print(f" {name:8s}  {'on' if on else 'off':10s}  {held:11.2f}  {np.mean(result.psnr):8.2f}  "
-                  f"{seconds:5.0f}  {error}", flush=True)  # fmt: skip
+        cfg = FitConfig(iterations=args.iterations, resolution=args.resolution, device="cpu",
+                        seed=args.seed, appearance=on, lr_appearance=args.lr_appearance)  # fmt: skip
+        t = time.perf_counter()
+        result = fit(frames, cameras, cfg, progress=False)
+        seconds = time.perf_counter() - t
+        held = held_out_psnr(result.splats, ELEVATION, FOV, 1.0, n, args.resolution, RADIUS, RADIUS)
+        error = "-"
+        if result.appearance is not None:
+            learnt = np.array(result.appearance["gain"])
+            truth = gains if name == "drifted" else np.ones_like(gains)
+            truth = truth / np.exp(np.log(truth).mean(0))  # the same gauge: mean log-gain zero
+            error = f"{np.abs(learnt - truth).mean():.4f}"
+        print(f" {name:8s}  {'on' if on else 'off':10s}  {held:11.2f}  {np.mean(result.psnr):8.2f}  "
+              f"{seconds:5.0f}  {error}", flush=True)  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -263,8 +263,9 @@ def resize_frames(frames: np.ndarray, max_side: int) -> np.ndarray:
     if scale >= 1.0:
         return frames
     nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
-    # A copy, not from_numpy's alias: the frames may be a read-only array (torch warns on those).
-    t = torch.tensor(frames).permute(0, 3, 1, 2).float()
+    # A copy, not from_numpy's alias: the frames may be a read-only array (torch warns on those), or a
+    # view with negative strides, e.g. a reversed video (torch refuses those: made contiguous first).
+    t = torch.tensor(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).float()
     t = F.interpolate(t, size=(nh, nw), mode="bilinear", antialias=True, align_corners=False)
     return t.round().clamp(0, 255).byte().permute(0, 2, 3, 1).numpy()
 
@@ -558,4 +559,5 @@ def _appearance(cfg: FitConfig, n: int, device: torch.device) -> Any:
         return None
     from recon.appearance import AppearanceCorrection
 
+    # Like the pose corrections, it starts once the splats have roughly settled (same fraction).
     return AppearanceCorrection(n, device, cfg.lr_appearance, round(cfg.pose_start_fraction * cfg.iterations))

@@ -17,7 +17,7 @@ per step where the surface turns (measured against ray-cast depth), enough to mo
 3-7 degrees at fov 50; anchored and affine, the drift is gone. Tracking runs at up to 256 px (half of
 Droplet3D's 512): at 128 px the same tracker still missed fov 50 at elevation 5 by 2.3 degrees.
 
-Tracks also run backward in time (`track(..., backward=True)`), for the bundle adjustment. Why: the
+Tracks also run backward in time (`track(video, backward=True)`), for the bundle adjustment. Why: the
 anchored window still lags its point along the motion, by 0.04 px on the first step and 0.1 px after seven
 (measured against ray-cast depth; it grows with the window, so it is the surface's curved motion field
 averaged over the window, not a convergence problem). A lag along the motion biases the perspective, so
@@ -200,39 +200,51 @@ def follow(a: list[np.ndarray], b: list[np.ndarray], points: np.ndarray) -> np.n
     return pos
 
 
+@dataclass
+class TrackingVideo:
+    """Frames made ready for tracking once, for both directions: grey levels at the tracking size, the
+    silhouettes resized to them, each frame's pyramid and (for the anchored step) its gradient."""
+
+    gray: np.ndarray  # [N, h, w] float32 in 0..1
+    silhouettes: np.ndarray  # [N, h, w] bool
+    pyramids: list[list[np.ndarray]]
+    gradients: list[tuple[np.ndarray, np.ndarray]]
+
+    @classmethod
+    def of(cls, frames: np.ndarray, masks: np.ndarray) -> TrackingVideo:
+        """`frames` [N, H, W, 3] uint8 with silhouettes `masks` [N, h, w] at any resolution."""
+        from scipy import ndimage
+
+        gray = _gray(frames)
+        zoom = (gray.shape[1] / masks.shape[1], gray.shape[2] / masks.shape[2])
+        silhouettes = np.stack([ndimage.zoom(m.astype(np.float32), zoom, order=1) > 0.5 for m in masks])
+        gradients = [tuple(np.gradient(g)) for g in gray] if ANCHORED else []
+        return cls(gray, silhouettes, [_pyramid(g) for g in gray], gradients)
+
+
 def track(
-    frames: np.ndarray, masks: np.ndarray, wrap_to: int | None = None, start_every: int = START_EVERY,
-    backward: bool = False,
-) -> Tracks:  # fmt: skip
-    """Tracks of corners on the object through `frames` [N, H, W, 3] uint8 with silhouettes `masks`.
+    video: TrackingVideo, wrap_to: int | None = None, start_every: int = START_EVERY, backward: bool = False
+) -> Tracks:
+    """Tracks of corners on the object through `video` (`TrackingVideo.of(frames, masks)`).
 
-    `masks` [N, h, w] may be at any resolution; they are resized to the tracking size. With `wrap_to`, a
-    track that reaches the last frame goes on into frame `wrap_to` and after (0 for an open orbit, whose
-    first frame follows its last; 1 for a full turn, whose last frame repeats the first): such tracks
-    link the end of the orbit to its start, which the bundle adjustment (`recon.bundle`) needs. New
-    tracks start on every `start_every`-th frame. With `backward`, the video is tracked from its last
-    frame to its first (the frame indices stay the video's, so a backward track's frames descend; `wrap_to`
-    counts from the end: 0 links the first frame to the last).
+    With `wrap_to`, a track that reaches the last frame goes on into frame `wrap_to` and after (0 for an
+    open orbit, whose first frame follows its last; 1 for a full turn, whose last frame repeats the
+    first): such tracks link the end of the orbit to its start, which the bundle adjustment
+    (`recon.bundle`) needs. New tracks start on every `start_every`-th frame. With `backward`, the video
+    is tracked from its last frame to its first, as if reversed (a backward track's frame indices, the
+    video's own, descend; `wrap_to` counts from the end: 0 links the first frame to the last).
     """
-    from scipy import ndimage
-
-    if backward:
-        n = len(frames)
-        # Copies: torch (the downscaling) refuses the negative strides of a reversed view.
-        rev_frames, rev_masks = np.ascontiguousarray(frames[::-1]), np.ascontiguousarray(masks[::-1])
-        reversed_tracks = track(rev_frames, rev_masks, wrap_to, start_every)
-        index = np.where(reversed_tracks.valid, n - 1 - reversed_tracks.frames, -1)
-        return Tracks(index, reversed_tracks.uv, reversed_tracks.width, reversed_tracks.height)
-
-    gray = _gray(frames)
+    gray, silhouettes, pyramids, gradients = video.gray, video.silhouettes, video.pyramids, video.gradients
     n, h, w = gray.shape
-    zoom = (h / masks.shape[1], w / masks.shape[2])
-    silhouettes = np.stack([ndimage.zoom(m.astype(np.float32), zoom, order=1) > 0.5 for m in masks])
-    pyramids = [_pyramid(g) for g in gray]
-    gradients = [tuple(np.gradient(g)) for g in gray] if ANCHORED else []
+
+    def frame_at(position: int) -> int:
+        """The video's frame at `position` in tracking order."""
+        return n - 1 - position if backward else position
+
     rows_f: list[np.ndarray] = []
     rows_uv: list[np.ndarray] = []
-    for start in range(0, n - 1, start_every):
+    for start_position in range(0, n - 1, start_every):
+        start = frame_at(start_position)
         pts = corners(gray[start], silhouettes[start])
         if len(pts) == 0:
             continue
@@ -242,13 +254,14 @@ def track(
         alive = np.ones(len(pts), dtype=bool)
         warps = np.zeros((len(pts), 4))
         templates = _patches(gray[start], pts)
-        frame = start
+        position, frame = start_position, start
         for step in range(1, MAX_LENGTH):
-            before, frame = frame, frame + 1
-            if frame >= n and wrap_to is not None:
-                frame = wrap_to
-            if frame >= n or frame == start or not alive.any():
+            position += 1
+            if position >= n and wrap_to is not None:
+                position = wrap_to
+            if position >= n or position == start_position or not alive.any():
                 break
+            before, frame = frame, frame_at(position)
             prev = uv[alive, step - 1]
             nxt = follow(pyramids[before], pyramids[frame], prev)
             back = follow(pyramids[frame], pyramids[before], nxt)

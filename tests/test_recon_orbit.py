@@ -260,16 +260,16 @@ def test_the_fit_keeps_bundle_adjusted_poses() -> None:
 def test_backward_tracks_run_from_the_videos_end_in_its_own_frame_numbers() -> None:
     """Backward tracks (for the bundle adjustment) are the reversed video's tracks, renumbered: each step
     goes one frame back, across the seam from the first frame to the last. The frames are larger than the
-    tracking size, so they are downscaled on the way (a reversed view must be copied for that)."""
-    from recon.tracks import TRACK_SIDE, track
+    tracking size, so they are downscaled on the way (from a reversed view, too)."""
+    from recon.tracks import TRACK_SIDE, TrackingVideo, track
 
     n = 16
     frames = tall_orbit(n, TRACK_SIDE + 16, 20.0, 40.0)
     masks = frames.mean(-1) < 250
-    back = track(frames, masks, wrap_to=0, start_every=1, backward=True)
+    back = track(TrackingVideo.of(frames, masks), wrap_to=0, start_every=1, backward=True)
     assert len(back) >= 10
     steps = [(b - a) % n for row in back.frames for a, b in zip(row, row[1:], strict=False) if b >= 0]
     assert steps and set(steps) == {n - 1}  # always the previous frame
-    reversed_video = track(frames[::-1].copy(), masks[::-1].copy(), wrap_to=0, start_every=1)
+    reversed_video = track(TrackingVideo.of(frames[::-1], masks[::-1]), wrap_to=0, start_every=1)
     assert np.array_equal(back.uv, reversed_video.uv, equal_nan=True)
     assert np.array_equal(back.frames, np.where(reversed_video.valid, n - 1 - reversed_video.frames, -1))
