@@ -6,6 +6,7 @@ import functools
 import json
 import math
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -202,17 +203,20 @@ def test_a_bad_orbit_mode_is_a_one_line_error(tmp_path: Path) -> None:
 
 # --------------------------------------------------------------------------- bundle adjustment
 JITTER_DEG = 1.0  # the issue's +-1 degree per-frame jitter
-BUNDLE_MAX_DEG = 0.6  # measured 0.36-0.38 at 128 px (36 frames, two seeds); the circle alone is ~1.0
-BUNDLE_MEAN_DEG = 0.3  # measured 0.14-0.17; the circle alone ~0.7
+# Worst and mean frame error, the mean elevation's error included (the tracks at 128 px put the mean
+# elevation 0.3-0.45 degree low): measured 0.65 / 0.36-0.48 (36 frames, seeds 1 and 2); the circle ~1.9.
+BUNDLE_MAX_DEG = 0.8
+BUNDLE_MEAN_DEG = 0.6
+BUNDLE_FOV_DEG = 1.0  # the adjusted lens: measured 0.52 and 0.01 degree off (the estimate's 0.9 and 1.1)
 
 
 def _per_frame_error(
     azimuth: np.ndarray, elevation: np.ndarray, az: np.ndarray, el: np.ndarray
 ) -> np.ndarray:
-    """Each frame's worst angle error after removing the mean offset (a turn of the whole scene: a gauge)."""
+    """Each frame's worst angle error, after removing the mean azimuth offset (a turn of the whole scene
+    about the orbit's axis: a gauge). The mean elevation is no gauge: its error counts."""
     d_az = (azimuth - az + 180.0) % 360.0 - 180.0
-    d_el = elevation - el
-    return np.maximum(np.abs(d_az - d_az.mean()), np.abs(d_el - d_el.mean()))
+    return np.maximum(np.abs(d_az - d_az.mean()), np.abs(elevation - el))
 
 
 def test_bundle_adjustment_recovers_every_frame_of_a_jittered_orbit() -> None:
@@ -226,12 +230,14 @@ def test_bundle_adjustment_recovers_every_frame_of_a_jittered_orbit() -> None:
     estimate = estimate_orbit(frames, OrbitConfig())
     circle = orbit_angles(orbit_cameras(n, estimate.orbit, 128, 128).c2w)
     assert _per_frame_error(circle[0], circle[1], az, el).max() > BUNDLE_MAX_DEG  # the circle fails the bound
-    bundle = adjust(estimate.observed, n, estimate.orbit)
+    bundle = adjust(estimate.observed, n, estimate.orbit, fov_uncertainty=estimate.uncertainty["fov"])
     adjusted = orbit_angles(bundle.cameras(128, 128).c2w)
     turned = (adjusted[0] - bundle.azimuth + 180.0) % 360.0 - 180.0
     np.testing.assert_allclose(np.r_[turned, adjusted[1] - bundle.elevation], 0.0, atol=1e-9)  # the cameras
     error = _per_frame_error(bundle.azimuth, bundle.elevation, az, el)
     assert error.max() < BUNDLE_MAX_DEG and error.mean() < BUNDLE_MEAN_DEG, (error.max(), error.mean())
+    assert abs(bundle.fov - 40.0) < BUNDLE_FOV_DEG, bundle.line()
+    assert bundle.choice == "adjusted" and bundle.held_out_px["adjusted"] < bundle.held_out_px["circle"]
     assert bundle.rms_after_px < bundle.rms_before_px and "\n" not in bundle.line()
     # The gauge: the mean azimuth correction is zero. Given values are held exactly.
     assert abs(np.mean(bundle.azimuth - 360.0 / n * np.arange(n))) < 1e-9
@@ -273,3 +279,33 @@ def test_backward_tracks_run_from_the_videos_end_in_its_own_frame_numbers() -> N
     reversed_video = track(TrackingVideo.of(frames[::-1], masks[::-1]), wrap_to=0, start_every=1)
     assert np.array_equal(back.uv, reversed_video.uv, equal_nan=True)
     assert np.array_equal(back.frames, np.where(reversed_video.valid, n - 1 - reversed_video.frames, -1))
+
+
+# --------------------------------------------------------------------------- smooth, texture-poor scenes
+SMOOTH_FRAME_DEG = 2.0  # the issue's bounds for the tree's smooth scenes: every frame, and the lens
+SMOOTH_FOV_DEG = 1.0
+
+
+@pytest.mark.parametrize(
+    ("scene", "size", "background"),
+    [(synthetic.default_scene, 160, synthetic.BACKGROUND), (synthetic.panda_scene, 256, (0.0, 0.0, 0.0))],
+)
+def test_the_adjustment_cannot_lead_a_smooth_scene_astray(scene: Any, size: int, background: Any) -> None:
+    """Few, noisy tracks (tens on the default scene, 0.5 px at the truth) let an unchecked adjustment explain
+    their noise: it moved the default scene's fov 40.9 -> 52.2 and frames 12 degrees off, the panda's fov
+    40.2 -> 44.2. The held-out tracks catch it and the estimated circle is kept."""
+    from recon.bundle import adjust
+
+    n, elevation, fov = 48, 20.0, 40.0
+    c2w = synthetic.orbit_c2w(360.0 / n * np.arange(n), elevation, 2.0)
+    frames, _ = synthetic.render(c2w, fov, size, scene(), supersample=2, background=background)
+    estimate = estimate_orbit(frames, OrbitConfig())
+    bundle = adjust(estimate.observed, n, estimate.orbit, fov_uncertainty=estimate.uncertainty["fov"])
+    error = _per_frame_error(
+        bundle.azimuth, bundle.elevation, 360.0 / n * np.arange(n), np.full(n, elevation)
+    )
+    assert error.max() < SMOOTH_FRAME_DEG, (bundle.line(), error.max())
+    assert abs(bundle.fov - fov) < SMOOTH_FOV_DEG, bundle.line()
+    assert set(bundle.held_out_px) == {"adjusted", "lens held", "circle"}
+    neighbour_step = np.diff(bundle.azimuth)
+    assert np.abs(neighbour_step - 360.0 / n).max() < SMOOTH_FRAME_DEG  # no jump between neighbours
