@@ -6,9 +6,11 @@ not uniform, its elevation drifts, and a frame may sit a degree off. A fit given
 into the asset. The point tracks (`recon.tracks`) measure each frame's offset: they are accurate to about
 0.2 px at 256 px on a textured object, and a 1-degree turn moves the object's points by about 3 px there.
 
-**What moves.** Each frame's camera stays on the orbit's sphere (radius fixed: the scale gauge), looking
-at its centre with no roll, and gets its own azimuth and elevation; the focal length, shared by every
-frame, gets one scale; every track gets its 3D point. The cost is the tracks' reprojection error in
+**What moves.** Each frame's camera looks at the orbit's centre with no roll and gets its own azimuth,
+elevation and distance (frame 0's distance stays the orbit's radius: the scale gauge; a video model's
+camera drifts in and out, measured: on a 4% drift the fixed radius left frames 1.2 degrees and the fov 1.1
+off, the free distance 0.24 and 0.03); the focal length, shared by every frame, gets one scale; every
+track gets its 3D point. The cost is the tracks' reprojection error in
 tracking pixels, robust (`BundleConfig.loss`), plus three priors, each weighed against the tracks in
 units of the tracker's noise (`BundleConfig.noise_px`):
 
@@ -17,8 +19,8 @@ units of the tracker's noise (`BundleConfig.noise_px`):
   ramp in azimuth along the orbit (with the focal length and the points' depths: the bas-relief
   ambiguity of short tracks) or a tilt of the whole orbit costs the tracks almost nothing;
 * *smoothness*: an orbit is a smooth path, so the second differences of each frame's offset from the
-  circle are held near zero (`BundleConfig.smooth_deg`). A slowly varying speed or a drifting elevation
-  costs nothing; a frame that jumps away from both neighbours costs a lot;
+  circle (angles and log distance) are held near zero (`BundleConfig.smooth_deg`). A slowly varying
+  speed or a drifting elevation costs nothing; a frame that jumps away from both neighbours costs a lot;
 * *the lens*: the estimate already measured the fov, with an uncertainty (its bootstrap spread), so the
   focal length may move within that spread, and further only where the tracks demand it.
 
@@ -66,7 +68,7 @@ from typing import Any
 import numpy as np
 
 from recon.orbit_estimate import track_errors, triangulate
-from recon.poses import Cameras, OrbitConfig, focal_from_fov, look_at_c2w, orbit_azimuths, orbit_positions
+from recon.poses import Cameras, OrbitConfig, focal_from_fov, look_at_c2w, orbit_azimuths
 from recon.tracks import Tracks
 
 LOSSES = ("linear", "huber", "soft_l1", "cauchy")  # scipy's robust losses that suit a reprojection error
@@ -116,6 +118,16 @@ class BundleConfig:
     smooth_deg: float = 0.5
     """Spread of the second difference of each frame's offset from the circle, degrees: a frame may
     leave the line through its neighbours' offsets by about this much before the tracks must pay."""
+    free_distance: bool = True
+    """Each frame's distance from the centre moves too (frame 0's is held: the scale gauge). A video model's
+    camera drifts in and out a little; on a circle of fixed radius that drift must be explained by wrong
+    angles and a wrong lens."""
+    distance_prior: float = 0.05
+    """Spread of each frame's log distance from the circle's radius (5%)."""
+    distance_smooth: float = 0.005
+    """Spread of the second difference of the log distance (0.5% per frame)."""
+    max_distance: float = 0.15
+    """No frame's log distance leaves the circle's radius by more than this (about 15%)."""
     lens_floor_deg: float = 1.0
     """The lens prior's spread is the estimate's fov uncertainty, but never below this, degrees. The
     bootstrap spread measures the circle's fit, not the circle's error: on an uneven turn (speed +-7%) the
@@ -156,7 +168,8 @@ class BundleConfig:
     def validate(self) -> BundleConfig:
         if self.loss not in LOSSES:
             raise ValueError(f"bundle loss must be one of {', '.join(LOSSES)}, got {self.loss!r}")
-        spreads = (self.robust_px, self.noise_px, self.prior_deg, self.smooth_deg, self.lens_floor_deg)
+        spreads = (self.robust_px, self.noise_px, self.prior_deg, self.smooth_deg, self.lens_floor_deg,
+                   self.distance_prior, self.distance_smooth, self.max_distance)  # fmt: skip
         bounds = (self.lens_default_deg, self.lens_bound, self.max_azimuth_deg, self.max_elevation_deg)
         margins = 0 <= self.check_margin < 1 and 0 <= self.lens_margin < 1
         counts_ok = self.passes >= 1 and self.holdout_every >= 2 and self.max_tracks >= MIN_CHECK_TRACKS
@@ -182,6 +195,7 @@ class BundleResult:
     choice: str = "adjusted"  # which candidate the held-out tracks chose (`CHOICES`)
     # Median held-out track error (pixels) of each candidate, the evidence for `choice`.
     held_out_px: dict[str, float] = field(default_factory=dict)
+    distance: np.ndarray | None = None  # [N] each frame's distance from the centre (None: the orbit's radius)
 
     @property
     def fov(self) -> float:
@@ -191,7 +205,9 @@ class BundleResult:
 
     def cameras(self, width: int, height: int) -> Cameras:
         """The adjusted cameras for frames of `width` x `height` pixels."""
-        c2w = look_at_c2w(orbit_positions(self.azimuth, self.elevation, self.orbit.radius))
+        n = len(self.azimuth)
+        distance = np.full(n, self.orbit.radius) if self.distance is None else self.distance
+        c2w = look_at_c2w(_positions(np.radians(self.azimuth), np.radians(self.elevation), distance))
         focal = focal_from_fov(self.orbit.fov, height) * self.focal_scale
         return Cameras(c2w, focal, focal, width / 2.0, height / 2.0, width, height)
 
@@ -235,16 +251,17 @@ def _why(choice: str) -> str:
 
 
 def project(
-    points: np.ndarray, azimuth: np.ndarray, elevation: np.ndarray, radius: float, focal: float,
+    points: np.ndarray, azimuth: np.ndarray, elevation: np.ndarray, radius: np.ndarray | float, focal: float,
     centre: tuple[float, float],
 ) -> np.ndarray:  # fmt: skip
     """Pixels [k, 2] of world `points` [k, 3] seen by look-at cameras at (`azimuth`, `elevation`) [k]
-    (radians) on the sphere of `radius`, +Z up, no roll (`recon.poses` conventions)."""
+    (radians) and distance `radius` (one, or [k]) from the centre, +Z up, no roll (`recon.poses`
+    conventions)."""
     ca, sa, ce, se = np.cos(azimuth), np.sin(azimuth), np.cos(elevation), np.sin(elevation)
     back = np.stack([ce * ca, ce * sa, se], -1)  # the camera's +z (OpenGL), away from the centre
     right = np.stack([-sa, ca, np.zeros_like(ca)], -1)
     up = np.cross(back, right)
-    d = points - radius * back
+    d = points - np.reshape(radius, (-1, 1)) * back
     depth = np.maximum(-(d * back).sum(-1), 1e-6)  # a point behind the camera reprojects far away
     u = centre[0] + focal * (d * right).sum(-1) / depth
     v = centre[1] - focal * (d * up).sum(-1) / depth
@@ -252,8 +269,20 @@ def project(
 
 
 @dataclass
+class _Channel:
+    """One per-frame camera value the solve moves: its nominal value, which frames are free, its priors."""
+
+    name: str
+    nominal: np.ndarray  # [N] radians, or log distance
+    first: int  # frames before this are held at the nominal value (frame 0 of azimuth and distance: gauges)
+    circle: float  # spread of the offset from the circle
+    smooth: float  # spread of the offset's second difference
+    bound: float  # |offset| at most
+
+
+@dataclass
 class _Priors:
-    """The priors' spreads in radians (log focal for the lens) and the bounds they imply."""
+    """The priors' spreads (radians; log distance; log focal for the lens) and the bounds they imply."""
 
     circle: float
     smooth: float
@@ -261,6 +290,9 @@ class _Priors:
     lens_bound: float  # |log focal scale| at most
     azimuth_bound: float
     elevation_bound: float
+    distance: float  # spread of the log distance's offset
+    distance_smooth: float
+    distance_bound: float
 
     @classmethod
     def of(cls, cfg: BundleConfig, orbit: OrbitConfig, fov_uncertainty: float | None) -> _Priors:
@@ -269,16 +301,17 @@ class _Priors:
         # d log(focal) / d fov = -1 / sin(fov): the fov's spread as a spread of the log focal length.
         lens = math.radians(fov_sigma) / math.sin(math.radians(orbit.fov))
         return cls(math.radians(cfg.prior_deg), math.radians(cfg.smooth_deg), lens, cfg.lens_bound * lens,
-                   math.radians(cfg.max_azimuth_deg), math.radians(cfg.max_elevation_deg))  # fmt: skip
+                   math.radians(cfg.max_azimuth_deg), math.radians(cfg.max_elevation_deg),
+                   cfg.distance_prior, cfg.distance_smooth, cfg.max_distance)  # fmt: skip
 
 
 class _Problem:
     """The residuals of one set of tracks, their sparse Jacobian pattern and the parameters' bounds.
 
-    Parameters, in order: the azimuths of frames 1..N-1 (frame 0's is held: the gauge), the elevations
-    (none when the elevation is held), the log focal scale (none when the lens is held), the points.
-    Residual rows: two per observation, then the circle prior (one per free angle), the smoothness prior
-    (one per inner frame and free angle kind), the lens prior (one, when the lens is free).
+    Parameters, in order: each `_Channel`'s free frames (azimuth from frame 1: frame 0's is the gauge;
+    elevation, unless held; log distance from frame 1: frame 0's is the scale gauge), the log focal scale
+    (unless held), the points. Residual rows: two per observation; per channel, the circle prior (one per
+    free frame) and the smoothness prior (one per inner frame); the lens prior (one, when the lens is free).
     """
 
     def __init__(
@@ -288,7 +321,15 @@ class _Problem:
         from scipy.sparse import lil_matrix
 
         self.n = n = len(nominal_az)
-        self.nominal_az = np.radians(nominal_az)
+        p = priors
+        channels = [_Channel("azimuth", np.radians(nominal_az), 1, p.circle, p.smooth, p.azimuth_bound)]
+        if free_elevation:
+            el = np.full(n, math.radians(orbit.elevation))
+            channels.append(_Channel("elevation", el, 0, p.circle, p.smooth, p.elevation_bound))
+        if cfg.free_distance:
+            log_r = np.full(n, math.log(orbit.radius))
+            channels.append(_Channel("distance", log_r, 1, p.distance, p.distance_smooth, p.distance_bound))
+        self.channels = channels
         self.nominal_el = math.radians(orbit.elevation)
         self.radius = orbit.radius
         self.focal = focal_from_fov(orbit.fov, tracks.height)
@@ -298,72 +339,80 @@ class _Problem:
         self.obs_frame = tracks.frames[valid]
         self.obs_uv = tracks.uv[valid]
         self.t = len(tracks)
-        self.free_elevation, self.free_focal = free_elevation, free_focal
-        self.n_az, self.n_el, self.n_f = n - 1, n if free_elevation else 0, int(free_focal)
-        self.n_cam = self.n_az + self.n_el + self.n_f
+        self.free_focal = free_focal
         self.priors = priors
         self.noise = cfg.noise_px  # MAP weights: priors in units of the tracker's noise
+        # Column of every channel's frame (-1: held).
+        self.columns, col = {}, 0
+        for ch in channels:
+            cols = np.full(n, -1)
+            cols[ch.first :] = col + np.arange(n - ch.first)
+            self.columns[ch.name] = cols
+            col += n - ch.first
+        self.focal_col = col if free_focal else -1
+        self.n_cam = col + int(free_focal)
+
         k = len(self.obs_track)
-        self.n_smooth = max(n - 2, 0)
-        kinds = 1 + int(free_elevation)
-        rows = 2 * k + self.n_az + self.n_el + kinds * self.n_smooth + self.n_f
+        n_inner = max(n - 2, 0)
+        rows = 2 * k + sum(n - ch.first + n_inner for ch in channels) + int(free_focal)
         pattern = lil_matrix((rows, self.n_cam + 3 * self.t), dtype=np.int8)
         obs_rows = np.arange(2 * k)
-        obs = np.repeat(np.arange(k), 2)
-        az_col = self.obs_frame[obs] - 1
-        has_az = az_col >= 0
-        pattern[obs_rows[has_az], az_col[has_az]] = 1
-        if free_elevation:
-            pattern[obs_rows, self.n_az + self.obs_frame[obs]] = 1
+        obs_frames = self.obs_frame[np.repeat(np.arange(k), 2)]
+        for ch in channels:
+            cols = self.columns[ch.name][obs_frames]
+            pattern[obs_rows[cols >= 0], cols[cols >= 0]] = 1
         if free_focal:
-            pattern[obs_rows, self.n_az + self.n_el] = 1
+            pattern[obs_rows, self.focal_col] = 1
         for c in range(3):
-            pattern[obs_rows, self.n_cam + 3 * self.obs_track[obs] + c] = 1
+            pattern[obs_rows, self.n_cam + 3 * self.obs_track[np.repeat(np.arange(k), 2)] + c] = 1
         row = 2 * k
-        pattern[row + np.arange(self.n_az + self.n_el), np.arange(self.n_az + self.n_el)] = 1
-        row += self.n_az + self.n_el
         inner = np.arange(1, n - 1)
-        for offset in (-1, 0, 1):  # frame i-1, i, i+1 of each inner frame i
-            frames = inner + offset
-            az_cols = frames - 1
-            pattern[row + np.arange(self.n_smooth)[az_cols >= 0], az_cols[az_cols >= 0]] = 1
-            if free_elevation:
-                pattern[row + self.n_smooth + np.arange(self.n_smooth), self.n_az + frames] = 1
-        row += kinds * self.n_smooth
+        for ch in channels:
+            cols = self.columns[ch.name]
+            free = cols[cols >= 0]
+            pattern[row + np.arange(len(free)), free] = 1
+            row += len(free)
+            for offset in (-1, 0, 1):  # frame i-1, i, i+1 of each inner frame i
+                c = cols[inner + offset]
+                pattern[row + np.arange(n_inner)[c >= 0], c[c >= 0]] = 1
+            row += n_inner
         if free_focal:
-            pattern[row, self.n_az + self.n_el] = 1
+            pattern[row, self.focal_col] = 1
         self.pattern = pattern.tocsr()
 
     def bounds(self) -> tuple[np.ndarray, np.ndarray]:
         """Lower and upper bounds of the parameters (`_Priors`: the worst case stays safe)."""
-        p = self.priors
-        low = [self.nominal_az[1:] - p.azimuth_bound]
-        high = [self.nominal_az[1:] + p.azimuth_bound]
-        if self.free_elevation:
-            low.append(np.full(self.n, self.nominal_el - p.elevation_bound))
-            high.append(np.full(self.n, self.nominal_el + p.elevation_bound))
+        low = [ch.nominal[ch.first :] - ch.bound for ch in self.channels]
+        high = [ch.nominal[ch.first :] + ch.bound for ch in self.channels]
         if self.free_focal:
-            low.append([-p.lens_bound])
-            high.append([p.lens_bound])
+            low.append([-self.priors.lens_bound])
+            high.append([self.priors.lens_bound])
         points = np.full(3 * self.t, np.inf)
         return np.concatenate([*low, -points]), np.concatenate([*high, points])
 
-    def unpack(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, float, np.ndarray]:
-        """Azimuths and elevations [N] (radians), focal length (px), points [T, 3]."""
-        az = np.concatenate([self.nominal_az[:1], x[: self.n_az]])
-        held = np.full(self.n, self.nominal_el)
-        el = x[self.n_az : self.n_az + self.n_el] if self.free_elevation else held
-        focal = self.focal * (math.exp(x[self.n_az + self.n_el]) if self.free_focal else 1.0)
-        return az, el, focal, x[self.n_cam :].reshape(-1, 3)
+    def unpack(self, x: np.ndarray) -> tuple[dict[str, np.ndarray], float, np.ndarray]:
+        """Every channel's values [N], the focal length (px), the points [T, 3]."""
+        values, col = {}, 0
+        for ch in self.channels:
+            free = self.n - ch.first
+            values[ch.name] = np.concatenate([ch.nominal[: ch.first], x[col : col + free]])
+            col += free
+        focal = self.focal * (math.exp(x[self.focal_col]) if self.free_focal else 1.0)
+        return values, focal, x[self.n_cam :].reshape(-1, 3)
 
-    def pack(self, az: np.ndarray, el: np.ndarray, log_focal: float, points: np.ndarray) -> np.ndarray:
-        """The parameter vector of `unpack`'s values, clipped just inside the bounds (the solver's start
+    def path(self, values: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Azimuths, elevations (radians) and distances [N] of `unpack`'s channel values."""
+        el = values.get("elevation", np.full(self.n, self.nominal_el))
+        radius = np.exp(values["distance"]) if "distance" in values else np.full(self.n, self.radius)
+        return values["azimuth"], el, radius
+
+    def pack(self, path: _Path, points: np.ndarray) -> np.ndarray:
+        """The parameter vector of a path and points, clipped just inside the bounds (the solver's start
         must be feasible)."""
-        parts = [az[1:]]
-        if self.free_elevation:
-            parts.append(el)
+        given = {"azimuth": path.az, "elevation": path.el, "distance": np.log(path.radius)}
+        parts = [given[ch.name][ch.first :] for ch in self.channels]
         if self.free_focal:
-            parts.append([log_focal])
+            parts.append([path.log_focal])
         x = np.concatenate([*parts, points.ravel()])
         low, high = self.bounds()
         margin = 1e-9
@@ -371,22 +420,20 @@ class _Problem:
 
     def reprojection(self, x: np.ndarray) -> np.ndarray:
         """Reprojection error [k, 2] of every observation, pixels."""
-        az, el, focal, points = self.unpack(x)
+        values, focal, points = self.unpack(x)
+        az, el, radius = self.path(values)
         f = self.obs_frame
-        return project(points[self.obs_track], az[f], el[f], self.radius, focal, self.centre) - self.obs_uv
+        return project(points[self.obs_track], az[f], el[f], radius[f], focal, self.centre) - self.obs_uv
 
     def residuals(self, x: np.ndarray) -> np.ndarray:
-        az, el, focal, _ = self.unpack(x)
-        p, w = self.priors, self.noise
-        d_az, d_el = az - self.nominal_az, el - self.nominal_el
-        rows = [self.reprojection(x).ravel(), d_az[1:] * (w / p.circle)]
-        if self.free_elevation:
-            rows.append(d_el * (w / p.circle))
-        rows.append(np.diff(d_az, 2) * (w / p.smooth))
-        if self.free_elevation:
-            rows.append(np.diff(d_el, 2) * (w / p.smooth))
+        values, focal, _ = self.unpack(x)
+        w = self.noise
+        rows = [self.reprojection(x).ravel()]
+        for ch in self.channels:
+            offset = values[ch.name] - ch.nominal
+            rows += [offset[ch.first :] * (w / ch.circle), np.diff(offset, 2) * (w / ch.smooth)]
         if self.free_focal:
-            rows.append([math.log(focal / self.focal) * (w / p.lens)])
+            rows.append([math.log(focal / self.focal) * (w / self.priors.lens)])
         return np.concatenate(rows)
 
     def track_rms(self, x: np.ndarray) -> np.ndarray:
@@ -414,17 +461,33 @@ def _subset(tracks: Tracks, keep: np.ndarray) -> Tracks:
 
 
 @dataclass
-class _Solution:
-    """One solve's angles (radians), log focal scale, and the tracks its last pass kept."""
+class _Path:
+    """Every frame's camera on the orbit: azimuth and elevation (radians), distance; the log focal scale."""
 
     az: np.ndarray
     el: np.ndarray
-    log_focal: float
+    radius: np.ndarray
+    log_focal: float = 0.0
+
+    @classmethod
+    def circle(cls, nominal_az: np.ndarray, orbit: OrbitConfig) -> _Path:
+        n = len(nominal_az)
+        return cls(
+            np.radians(nominal_az), np.full(n, math.radians(orbit.elevation)), np.full(n, orbit.radius)
+        )
+
+    def c2w(self) -> np.ndarray:
+        """Look-at cameras [N, 4, 4] (OpenGL axes)."""
+        return look_at_c2w(_positions(self.az, self.el, self.radius))
+
+
+@dataclass
+class _Solution:
+    """One solve's path, and the tracks its last pass kept with their RMS error."""
+
+    path: _Path
     kept: Tracks
     rms_px: float
-
-    def c2w(self, radius: float) -> np.ndarray:
-        return _c2w(self.az, self.el, radius)
 
 
 def _solve(
@@ -434,25 +497,24 @@ def _solve(
     """Passes of the robust solve, each after the first without the last one's outlier observations."""
     from scipy.optimize import least_squares
 
-    n = len(nominal_az)
-    az, el, log_focal = np.radians(nominal_az), np.full(n, math.radians(orbit.elevation)), 0.0
+    path = _Path.circle(nominal_az, orbit)
     current, far_off, errors = tracks, np.zeros(0), np.zeros(0)
     for k in range(cfg.passes):
         if k:  # drop the observations the last pass left far off
             current = _trimmed(current, far_off, cfg)
         problem = _Problem(current, nominal_az, orbit, free_el, free_focal, cfg, priors)
-        points = triangulate(current, _c2w(az, el, orbit.radius), problem.focal * math.exp(log_focal))
+        points = triangulate(current, path.c2w(), problem.focal * math.exp(path.log_focal))
         solution = least_squares(
-            problem.residuals, problem.pack(az, el, log_focal, points), jac_sparsity=problem.pattern,
+            problem.residuals, problem.pack(path, points), jac_sparsity=problem.pattern,
             bounds=problem.bounds(), method="trf", tr_solver="lsmr", tr_options=LSMR_TOLERANCES,
             loss=cfg.loss, f_scale=cfg.robust_px, x_scale="jac", max_nfev=cfg.max_evaluations,
             ftol=cfg.tolerance, xtol=cfg.tolerance,
         )  # fmt: skip
-        az, el, focal, _ = problem.unpack(solution.x)
-        log_focal = math.log(focal / problem.focal)
+        values, focal, _ = problem.unpack(solution.x)
+        path = _Path(*problem.path(values), math.log(focal / problem.focal))
         errors = problem.track_rms(solution.x)
         far_off = np.linalg.norm(problem.reprojection(solution.x), axis=-1)
-    return _Solution(az, el, log_focal, current, float(np.sqrt(np.mean(errors**2))))
+    return _Solution(path, current, float(np.sqrt(np.mean(errors**2))))
 
 
 def adjust(
@@ -485,7 +547,7 @@ def adjust(
     fitting = _subset(usable, np.sort(rest[: cfg.max_tracks]))
 
     # 2. The candidates, solved without the held-out tracks: free lens, then the lens held.
-    on_circle = _c2w(np.radians(nominal_az), np.radians(circle_el), orbit.radius)
+    circle = _Path.circle(nominal_az, orbit)
     focal = focal_from_fov(orbit.fov, tracks.height)
     solutions: dict[str, _Solution] = {}
     if len(check) >= MIN_CHECK_TRACKS:
@@ -494,14 +556,14 @@ def adjust(
         solutions["lens held"] = _solve(fitting, nominal_az, orbit, free_el, False, cfg, priors)
 
     # 3. The check: the held-out tracks, triangulated and reprojected by each candidate and the circle.
-    def held_out_error(c2w: np.ndarray, log_focal: float) -> float:
-        return float(np.median(track_errors(check, c2w, focal * math.exp(log_focal))))
+    def held_out_error(path: _Path) -> float:
+        return float(np.median(track_errors(check, path.c2w(), focal * math.exp(path.log_focal))))
 
-    held_out = {name: held_out_error(s.c2w(orbit.radius), s.log_focal) for name, s in solutions.items()}
-    held_out["circle"] = held_out_error(on_circle, 0.0)
+    held_out = {name: held_out_error(solution.path) for name, solution in solutions.items()}
+    held_out["circle"] = held_out_error(circle)
     choice = _choose(held_out, cfg) if solutions else "too few tracks"
     if choice not in solutions:
-        rms = float(np.sqrt(np.mean(track_errors(fitting, on_circle, focal) ** 2)))
+        rms = float(np.sqrt(np.mean(track_errors(fitting, circle.c2w(), focal) ** 2)))
         seconds = time.perf_counter() - t0
         return BundleResult(
             nominal_az, circle_el, 1.0, orbit, rms, rms, 0, len(tracks), seconds, choice, held_out
@@ -509,13 +571,14 @@ def adjust(
     # The winner, as solved without the held-out tracks (a fifth fewer tracks changed the jitter benchmark's
     # worst frame by hundredths of a degree; solving again with them would cost a third solve).
     final = solutions[choice]
-    before = track_errors(final.kept, on_circle, focal)
+    before = track_errors(final.kept, circle.c2w(), focal)
     # The gauge: a common turn about +Z moves no pixel; keep the mean azimuth correction at zero.
-    azimuth = np.degrees(final.az)
+    azimuth = np.degrees(final.path.az)
     azimuth -= float(np.mean(azimuth - nominal_az))
     return BundleResult(
-        azimuth, np.degrees(final.el), math.exp(final.log_focal), orbit, float(np.sqrt(np.mean(before**2))),
-        final.rms_px, len(final.kept), len(tracks), time.perf_counter() - t0, choice, held_out,
+        azimuth, np.degrees(final.path.el), math.exp(final.path.log_focal), orbit,
+        float(np.sqrt(np.mean(before**2))), final.rms_px, len(final.kept), len(tracks),
+        time.perf_counter() - t0, choice, held_out, final.path.radius,
     )  # fmt: skip
 
 
@@ -537,6 +600,7 @@ def _choose(held_out: dict[str, float], cfg: BundleConfig) -> str:
     return "lens held"
 
 
-def _c2w(az: np.ndarray, el: np.ndarray, radius: float) -> np.ndarray:
-    """Look-at cameras at azimuths and elevations [N] (radians) on the sphere of `radius`."""
-    return look_at_c2w(orbit_positions(np.degrees(az), np.degrees(el), radius))
+def _positions(az: np.ndarray, el: np.ndarray, radius: np.ndarray) -> np.ndarray:
+    """Camera centres [N, 3] at azimuths and elevations [N] (radians) and distances [N] (`recon.poses`'
+    orbit conventions: +Z up, azimuth from +X)."""
+    return radius[:, None] * np.stack([np.cos(el) * np.cos(az), np.cos(el) * np.sin(az), np.sin(el)], -1)
