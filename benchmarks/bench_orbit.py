@@ -109,7 +109,7 @@ def run_orbit(elevation: float, fov: float, direction: str, args: argparse.Names
         start, t_bundle = orbit_cameras(n, estimate.orbit, args.size, args.size), 0.0
         auto_cfg = cfg.updated({"refine_poses": True})
     else:
-        bundle = adjust(estimate.observed, n, estimate.orbit)
+        bundle = adjust(estimate.observed, n, estimate.orbit, fov_uncertainty=estimate.uncertainty.get("fov"))
         start, t_bundle, auto_cfg = bundle.cameras(args.size, args.size), bundle.seconds, cfg
     auto = fit(frames, start, auto_cfg, progress=False)
     # Judge the auto fit in its own gauge: radius 2 fixed (the scene scaled by 2 / the true radius).
@@ -162,7 +162,7 @@ def run_jitter(args: argparse.Namespace) -> dict[str, float]:
     t = time.perf_counter()
     estimate = estimate_orbit(frames, OrbitConfig())
     t_estimate = time.perf_counter() - t
-    bundle = adjust(estimate.observed, n, estimate.orbit)
+    bundle = adjust(estimate.observed, n, estimate.orbit, fov_uncertainty=estimate.uncertainty.get("fov"))
     print(estimate.line(), flush=True)
     print(bundle.line(), flush=True)
     circle = orbit_cameras(n, estimate.orbit, size, size)

@@ -45,7 +45,7 @@ def main() -> None:
     estimate = estimate_orbit(frames, OrbitConfig())
     t_estimate = time.perf_counter() - t
     print(estimate.line(), flush=True)
-    bundle = adjust(estimate.observed, n, estimate.orbit)
+    bundle = adjust(estimate.observed, n, estimate.orbit, fov_uncertainty=estimate.uncertainty.get("fov"))
     print(bundle.line(), flush=True)
     preset = json.loads(asset_path("recon_fast.json").read_text())["fit"]
     cfg = FitConfig().updated({**preset, "device": "cpu", "refine_poses": False})
