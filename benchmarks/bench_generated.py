@@ -155,15 +155,17 @@ def default_path(frames: np.ndarray) -> tuple[Cameras, dict, str]:
 def pose_figures(cameras: Cameras, path: TruePath) -> dict[str, float]:
     """Worst frame error (mean azimuth offset removed; the mean elevation counts), worst neighbour jump
     beyond the true step, fov error against the mean true fov; degrees."""
+    from bench_orbit import fov_of
+
     from recon.pose_refine import orbit_angles
 
     az, el, _ = orbit_angles(cameras.c2w)
     d_az = (az - path.azimuth + 180.0) % 360.0 - 180.0
     frame = np.maximum(np.abs(d_az - d_az.mean()), np.abs(el - path.elevation))
     jump = np.maximum(np.abs(np.diff(d_az)), np.abs(np.diff(el - path.elevation)))
-    fov = float(2 * np.degrees(np.arctan(0.5 * cameras.height / cameras.fy)))
+    fov_error = fov_of(cameras) - float(path.fov.mean())
     return {"frame_deg": float(frame.max()), "mean_deg": float(frame.mean()), "jump_deg": float(jump.max()),
-            "fov_deg": fov - float(path.fov.mean()), "azimuth_offset": float(d_az.mean())}  # fmt: skip
+            "fov_deg": fov_error, "azimuth_offset": float(d_az.mean())}  # fmt: skip
 
 
 def true_cameras(path: TruePath, size: int) -> Cameras:

@@ -102,8 +102,8 @@ def choose_orbit(frames: OrbitFrames, orbit: OrbitConfig, plan: OrbitPlan, log: 
     log(estimate.line())
     bundle = None
     if plan.refine_poses and estimate.observed is not None and not estimate.note:
-        fov_uncertainty = estimate.uncertainty.get("fov")
-        bundle = adjust(estimate.observed, frames.count, estimate.orbit, plan.fixed(), None, fov_uncertainty)
+        bundle = adjust(estimate.observed, frames.count, estimate.orbit, plan.fixed(),
+                        fov_uncertainty=estimate.uncertainty.get("fov"))  # fmt: skip
         log(bundle.line())
     return OrbitChoice(estimate.orbit, estimate, bundle)
 

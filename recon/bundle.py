@@ -68,7 +68,7 @@ from typing import Any
 import numpy as np
 
 from recon.orbit_estimate import track_errors, triangulate
-from recon.poses import Cameras, OrbitConfig, focal_from_fov, look_at_c2w, orbit_azimuths
+from recon.poses import Cameras, OrbitConfig, focal_from_fov, look_at_c2w, orbit_azimuths, orbit_positions
 from recon.tracks import Tracks
 
 LOSSES = ("linear", "huber", "soft_l1", "cauchy")  # scipy's robust losses that suit a reprojection error
@@ -601,6 +601,6 @@ def _choose(held_out: dict[str, float], cfg: BundleConfig) -> str:
 
 
 def _positions(az: np.ndarray, el: np.ndarray, radius: np.ndarray) -> np.ndarray:
-    """Camera centres [N, 3] at azimuths and elevations [N] (radians) and distances [N] (`recon.poses`'
-    orbit conventions: +Z up, azimuth from +X)."""
-    return radius[:, None] * np.stack([np.cos(el) * np.cos(az), np.cos(el) * np.sin(az), np.sin(el)], -1)
+    """Camera centres [N, 3] at azimuths and elevations [N] (radians) and distances [N]: `orbit_positions`
+    on the unit sphere, each frame scaled by its own distance."""
+    return radius[:, None] * orbit_positions(np.degrees(az), np.degrees(el), 1.0)

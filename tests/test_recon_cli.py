@@ -34,12 +34,17 @@ def video(frames: np.ndarray, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_video(tmp_path_factory.mktemp("video") / "orbit.mp4", frames)
 
 
-def test_reconstruct_cli_on_a_video(video: Path, tmp_path: Path) -> None:
+def small_reconstruct(video: Path, tmp_path: Path, iterations: int) -> list[str]:
+    """`reconstruct VIDEO --out tmp_path/out` with no orbit option: a short CPU fit and `SMALL_MESH`."""
     config = tmp_path / "small.json"
     config.write_text(json.dumps(SMALL_MESH))
+    return ["reconstruct", str(video), "--out", str(tmp_path / "out"), "--iterations", str(iterations),
+            "--resolution", "48", "--device", "cpu", "--config", str(config), "--quiet"]  # fmt: skip
+
+
+def test_reconstruct_cli_on_a_video(video: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
-    args = ["reconstruct", str(video), "--out", str(out), "--iterations", "80", "--resolution", "48",
-            "--device", "cpu", "--config", str(config), "--quiet"]  # fmt: skip
+    args = small_reconstruct(video, tmp_path, 80)
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     for name in (
@@ -298,12 +303,8 @@ def test_the_default_path_estimates_and_adjusts_an_orbit_that_is_not_the_preset(
     c2w = synthetic.orbit_c2w(azimuths, elevation, 2.0)
     frames, _ = synthetic.render(c2w, fov, size, synthetic.tall_textured_scene(), 2, (1.0, 1.0, 1.0))
     video = write_video(tmp_path / "orbit.mp4", frames)
-    config = tmp_path / "small.json"
-    config.write_text(json.dumps(SMALL_MESH))
     out = tmp_path / "out"
-    args = ["reconstruct", str(video), "--out", str(out), "--iterations", "60", "--resolution", "48",
-            "--device", "cpu", "--config", str(config), "--quiet"]  # fmt: skip
-    result = runner.invoke(app, args)
+    result = runner.invoke(app, small_reconstruct(video, tmp_path, 60))
     assert result.exit_code == 0, result.output
     record = json.loads((out / "report.json").read_text())["orbit_estimate"]
     assert record["plan"]["mode"] == "auto" and not record["note"], record.get("note")
