@@ -82,6 +82,8 @@ RANGES: dict[str, dict[str, tuple[float, float]]] = {
         "alpha_min": (0.0, 1.0), "alpha_solid": (0.0, 1.0), "keep_fraction": (0.0, 1.0),
         "depth_alpha": (0.01, 0.99), "carve_voxels": (0.0, 64), "clip_sigmas": (0.0, 6.0),
         "outline_px": (0, 64), "hidden_views": (0, 10_000),
+        "thin_px": (0, 16), "support_share": (0.0, 1.0),
+        "support_voxels": (0.0, 64),
     },
 }  # fmt: skip
 

@@ -5,10 +5,11 @@ plus a ring beyond the orbit, on the side it looks from) and fused into an open3
 observed (the underside of an object an orbit sees from above) is closed by the visual hull, cut flat
 at the lowest and highest observed surface, so the mesh is watertight without inventing a cone of
 hidden space. The extracted surface is cleaned with trimesh: faces outside the silhouette visual hull
-go, and only the largest connected component(s) stay, so no background shell or floater survives;
-before that, every face no ray from outside reaches goes (inner sheets no viewer can see).
-Background pixels (alpha < 0.5) are integrated as infinitely far, so their rays carve free space;
-outline pixels (alpha < 0.95) are left out.
+go, and of the connected components only the large ones and those the splats show stay (a leg cut off
+by a gap is kept, a floater the views carved away is not); before that, every face no ray from outside
+reaches goes (inner sheets no viewer can see). Background pixels (alpha < 0.5) are integrated as
+infinitely far, so their rays carve free space; soft outline pixels of thick parts (alpha < 0.95) are
+left out; thin parts (a leg one or two pixels wide is all outline) always fuse (`fusion_depth`).
 
 The mesh stays in the fitting world frame (+Z up); `recon.asset` smooths, decimates, textures and
 writes it in the asset frame of `recon.frames`.
@@ -25,7 +26,7 @@ import torch
 
 from recon.errors import ReconError
 from recon.fit import Splats
-from recon.hull import VisualHull
+from recon.hull import VisualHull, pixel_index, project_points
 from recon.overrides import with_overrides
 from recon.pose_refine import orbit_angles
 from recon.poses import Cameras, look_at_c2w, orbit_positions
@@ -50,6 +51,9 @@ class MeshConfig:
     # inner walls.
     alpha_solid: float = 0.95
     outline_px: int = 2
+    # Thin parts (foreground that an opening of this many pixels removes: legs, handles, antennae) are
+    # all outline, so the rule above would leave them no surface votes; they always fuse (0: off).
+    thin_px: int = 1
     # Gaussians whose centre lies farther than this many voxels outside the fused, closed surface are
     # removed from the splats. The views see the hull's hidden cone under an object only through its
     # outline, so the fit parks edge gaussians there; from below they hang under the object as a haze
@@ -66,6 +70,11 @@ class MeshConfig:
     # the training views. 0 turns the clip off (the carve of unobserved space stays).
     clip_sigmas: float = 3.0
     keep_fraction: float = 0.1  # keep components with at least this fraction of the largest's faces
+    # A smaller component stays too when at least this share of its faces lie on the surface the splats
+    # show (within `support_voxels` of a fused first-surface depth): a leg cut off from the body by a gap
+    # is still a leg, a floater the views carved is not (0: only the size rule).
+    support_share: float = 0.5
+    support_voxels: float = 2.0
     # Faces that no ray from this many directions around the object reaches are removed (0 keeps them).
     # A surface the orbit saw only at a grazing angle (a box's top) can be half-transparent in the fit;
     # a view's rays then pass it and carve thin slits into the object, whose walls mesh as inner sheets
@@ -146,10 +155,54 @@ def tsdf_grid(hull: VisualHull, cfg: MeshConfig) -> Grid:
     return Grid(0.5 * (lo + hi) - length / 2, resolution * voxel, resolution, cfg.trunc_voxels * voxel)
 
 
-def integrate_splats(splats: Splats, cams: Cameras, grid: Grid, cfg: MeshConfig) -> Any:
-    """An open3d UniformTSDFVolume holding the splats' first-surface depth and colour from every camera."""
-    import open3d as o3d
+def fusion_depth(depth: np.ndarray, alpha: np.ndarray, far: float, cfg: MeshConfig) -> np.ndarray:
+    """The depth map [H, W] float32 one view fuses: `far` where its ray carves free space, 0 where the
+    pixel abstains (open3d skips it), else the splats' first-surface depth.
+
+    * Background (coverage under `alpha_min`) carves.
+    * Soft outline pixels of a thick part (coverage under `alpha_solid` within `outline_px` of the
+      background) abstain.
+    * Thin parts (foreground that an opening of `thin_px` removes) always fuse.
+    """
     from scipy import ndimage
+
+    depth = depth.astype(np.float32).copy()
+    background = alpha < cfg.alpha_min
+    depth[background] = far
+    outline = ndimage.binary_dilation(background, iterations=cfg.outline_px) & ~background
+    if cfg.thin_px > 0:
+        outline &= ndimage.binary_opening(~background, iterations=cfg.thin_px)
+    depth[outline & (alpha < cfg.alpha_solid)] = 0.0
+    return depth
+
+
+# A supported component must have at least this many faces: scraps of a few faces are noise to a DCC user.
+MIN_SUPPORTED_FACES = 20
+
+
+@dataclass
+class FusedViews:
+    """The depth maps the TSDF fused, kept to ask afterwards where the splats show a surface."""
+
+    cameras: Cameras
+    depth: np.ndarray  # [C, H, W] float32, as `fusion_depth` returns them
+    far: float
+
+    def supported(self, points: np.ndarray, tolerance: float) -> np.ndarray:
+        """Whether some view's fused first surface lies within `tolerance` of each point [n, 3], [n]."""
+        uv, z = project_points(points, self.cameras)
+        out = np.zeros(len(points), dtype=bool)
+        for c in range(len(self.cameras)):
+            u, v, inside = pixel_index(uv[c], z[c], self.cameras.width, self.cameras.height)
+            d = self.depth[c, v[inside], u[inside]]
+            out[inside] |= (d > 0) & (d < self.far) & (np.abs(d - z[c, inside]) < tolerance)
+        return out
+
+
+def integrate_splats(splats: Splats, cams: Cameras, grid: Grid, cfg: MeshConfig) -> tuple[Any, FusedViews]:
+    """An open3d UniformTSDFVolume holding the splats' first-surface depth and colour from every camera,
+    and the depth maps it fused."""
+    import open3d as o3d
 
     # A uniform grid (open3d 0.20's ScalableTSDFVolume extracts nothing on some builds).
     volume = o3d.pipelines.integration.UniformTSDFVolume(
@@ -162,6 +215,7 @@ def integrate_splats(splats: Splats, cams: Cameras, grid: Grid, cfg: MeshConfig)
     )
     viewmats = cams.viewmats()
     far = float(np.linalg.norm(cams.centers(), axis=1).max()) + 2.0 * grid.length
+    fused = np.zeros((len(cams), cams.height, cams.width), dtype=np.float32)
     for s in range(0, len(cams), 8):
         sub = cams.subset(np.arange(s, min(s + 8, len(cams))))
         # First-surface depth (torch rasteriser on any device): expected depth sits behind the surface.
@@ -170,20 +224,15 @@ def integrate_splats(splats: Splats, cams: Cameras, grid: Grid, cfg: MeshConfig)
         )
         for j in range(len(sub)):
             rgb = (renders[j, ..., :3].clamp(0, 1) * 255).round().byte().cpu().numpy()
-            depth = renders[j, ..., 3].cpu().numpy().astype(np.float32)
-            # Background pixels get a depth beyond the volume: their rays carve free space (no shell).
-            # Outline pixels get depth 0, which open3d skips.
             alpha = alphas[j, ..., 0].cpu().numpy()
-            background = alpha < cfg.alpha_min
-            depth[background] = far
-            outline = ndimage.binary_dilation(background, iterations=cfg.outline_px) & ~background
-            depth[outline & (alpha < cfg.alpha_solid)] = 0.0
+            depth = fusion_depth(renders[j, ..., 3].cpu().numpy(), alpha, far, cfg)
+            fused[s + j] = depth
             rgbd = o3d.geometry.RGBDImage.create_from_color_and_depth(
                 o3d.geometry.Image(np.ascontiguousarray(rgb)), o3d.geometry.Image(depth),
                 depth_scale=1.0, depth_trunc=1e6, convert_rgb_to_intensity=False,
             )  # fmt: skip
             volume.integrate(rgbd, intrinsic, viewmats[s + j])
-    return volume
+    return volume, FusedViews(cams, fused, far)
 
 
 def close_unseen(volume: Any, grid: Grid, hull: VisualHull) -> tuple[np.ndarray, np.ndarray]:
@@ -261,7 +310,7 @@ def fuse_surface(splats: Splats, cameras: Cameras, hull: VisualHull, cfg: MeshCo
 
     cams = meshing_cameras(cameras, cfg.render_size, cfg.extra_views)
     grid = tsdf_grid(hull, cfg)
-    volume = integrate_splats(splats, cams, grid, cfg)
+    volume, fused = integrate_splats(splats, cams, grid, cfg)
     tsdf, observed = close_unseen(volume, grid, hull)
     raw = volume.extract_triangle_mesh()
     vertices = np.asarray(raw.vertices)
@@ -272,7 +321,7 @@ def fuse_surface(splats: Splats, cameras: Cameras, hull: VisualHull, cfg: MeshCo
     mesh = trimesh.Trimesh(vertices, faces, vertex_colors=colors, process=True)
     if cfg.hidden_views > 0:  # first: the cleaning then drops the scraps of inner sheets it leaves
         mesh = remove_hidden_faces(mesh, cfg.hidden_views, grid.voxel)
-    mesh = clean_mesh(mesh, hull, cfg.keep_fraction)
+    mesh = clean_mesh(mesh, hull, cfg, fused, grid.voxel)
     shape = (grid.resolution,) * 3
     sdf = tsdf[:, 0].reshape(shape) * grid.trunc
     return Surface(mesh, sdf, grid, observed.reshape(shape))
@@ -336,8 +385,9 @@ def clip_splats(splats: Splats, surface: Surface, sigmas: float) -> Splats:
     return dataclasses.replace(splats, scales=splats.scales.detach() + log_factor)
 
 
-def clean_mesh(mesh: Any, hull: VisualHull, keep_fraction: float) -> Any:
-    """Drop faces outside the (dilated) visual hull, then all but the largest component(s)."""
+def clean_mesh(mesh: Any, hull: VisualHull, cfg: MeshConfig, fused: FusedViews | None, voxel: float) -> Any:
+    """Drop faces outside the (dilated) visual hull, then every component that is neither large
+    (`keep_fraction` of the largest) nor shown by the splats (`support_share`, when `fused` is given)."""
     import trimesh
 
     inside = hull.contains(mesh.triangles_center, dilate=2)
@@ -346,9 +396,17 @@ def clean_mesh(mesh: Any, hull: VisualHull, keep_fraction: float) -> Any:
     parts = mesh.split(only_watertight=False)
     if len(parts) == 0:
         raise ReconError("meshing left no surface inside the visual hull")
-    sizes = np.array([len(p.faces) for p in parts])
-    keep = [p for p, n in zip(parts, sizes, strict=True) if n >= keep_fraction * sizes.max()]
-    return trimesh.util.concatenate(keep)
+    largest = max(len(p.faces) for p in parts)
+
+    def keep(part: Any) -> bool:
+        if len(part.faces) >= cfg.keep_fraction * largest:
+            return True
+        if fused is None or cfg.support_share <= 0 or len(part.faces) < MIN_SUPPORTED_FACES:
+            return False
+        on_surface = fused.supported(part.triangles_center, cfg.support_voxels * voxel)
+        return bool(on_surface.mean() >= cfg.support_share)
+
+    return trimesh.util.concatenate([p for p in parts if keep(p)])
 
 
 def sphere_directions(count: int) -> np.ndarray:

@@ -84,6 +84,84 @@ def dark_scene() -> list[Box | Sphere]:
     ]
 
 
+# The spider's legs: half their width (1.8% of the object's one-unit size), their reach out from the body's
+# axis, their height above the body's centre, and where along the body (x) each pair sits.
+LEG_HALF_WIDTH = 0.009
+LEG_REACH, LEG_KNEE_Z, LEG_FOOT_Z = 0.45, 0.05, -0.35
+LEG_X = (-0.15, -0.05, 0.05, 0.15)
+
+
+def spider_legs(half_width: float = LEG_HALF_WIDTH) -> list[tuple[Box, Box]]:
+    """The spider's eight legs, each (the horizontal thigh out from the body, the vertical shin down)."""
+    w = half_width
+    legs = []
+    for side in (-1.0, 1.0):
+        for x in LEG_X:
+            thigh = Box(center=(x, side * LEG_REACH / 2, LEG_KNEE_Z), half=(w, LEG_REACH / 2, w),
+                        color=(0.35, 0.22, 0.12))  # fmt: skip
+            shin_mid = 0.5 * (LEG_KNEE_Z + LEG_FOOT_Z)
+            shin = Box(center=(x, side * LEG_REACH, shin_mid), half=(w, w, (LEG_KNEE_Z - LEG_FOOT_Z) / 2 + w),
+                       color=(0.35, 0.22, 0.12))  # fmt: skip
+            legs.append((thigh, shin))
+    return legs
+
+
+def spider_scene(leg_half_width: float = LEG_HALF_WIDTH) -> list[Box | Sphere]:
+    """A body and head with eight thin legs (1.8% of the object wide): the thin-part scene.
+
+    Each leg is an L of two boxes, a thigh out from the body along +-Y and a shin down to the ground
+    plane of the feet; the head faces +X. Spans x in [-0.2, 0.35], y in [-0.46, 0.46], z in [-0.36, 0.25].
+    Thin parts are where meshing loses detail first: at the CPU preset's 128 px a leg is under 2 px wide.
+    """
+    body = [
+        Sphere(center=(0.0, 0.0, 0.05), radius=0.2, color=(0.55, 0.35, 0.2)),
+        Sphere(center=(0.27, 0.0, 0.05), radius=0.09, color=(0.85, 0.6, 0.3)),
+    ]
+    return body + [part for leg in spider_legs(leg_half_width) for part in leg]
+
+
+# Spacing of the legs' centreline samples; a sample is found when surface lies within the leg's half width
+# plus LEG_FOUND_SLACK (about two voxels of the default TSDF), so a gap wider than that breaks the leg.
+LEG_PATH_STEP = 0.004
+LEG_FOUND_SLACK = 0.01
+LEG_BODY_MARGIN = 0.02  # centreline samples this close to the body sphere belong to the body
+
+
+def spider_leg_paths(half_width: float = LEG_HALF_WIDTH) -> list[np.ndarray]:
+    """Each leg's centreline samples [n, 3], ordered from where it leaves the body out to the foot."""
+    body = spider_scene(half_width)[0]
+    paths = []
+    for thigh, shin in spider_legs(half_width):
+        side = np.sign(thigh.center[1])
+        ys = np.arange(0.0, LEG_REACH, LEG_PATH_STEP)
+        out = np.stack([np.full_like(ys, thigh.center[0]), side * ys, np.full_like(ys, thigh.center[2])], 1)
+        zs = np.arange(LEG_KNEE_Z, LEG_FOOT_Z, -LEG_PATH_STEP)
+        down = np.stack([np.full_like(zs, shin.center[0]), np.full_like(zs, shin.center[1]), zs], 1)
+        path = np.concatenate([out, down])
+        clear = np.linalg.norm(path - np.asarray(body.center), axis=1) > body.radius + LEG_BODY_MARGIN
+        paths.append(path[clear])
+    return paths
+
+
+def spider_legs_found(
+    points: np.ndarray, half_width: float = LEG_HALF_WIDTH, slack: float = LEG_FOUND_SLACK
+) -> np.ndarray:
+    """Per leg [8, 2]: the share of its centreline along which `points` [n, 3] (a mesh's surface samples)
+    lie within the leg's half width + `slack`, and the share found unbroken from the body outwards."""
+    from scipy.spatial import cKDTree
+
+    paths = spider_leg_paths(half_width)
+    if len(points) == 0:
+        return np.zeros((len(paths), 2))
+    tree = cKDTree(points)
+    shares = []
+    for path in paths:
+        found = np.isfinite(tree.query(path, distance_upper_bound=half_width + slack)[0])
+        run = len(found) if found.all() else int(np.argmin(found))
+        shares.append((found.mean(), run / len(found)))
+    return np.asarray(shares)
+
+
 def _hit_sphere(o: np.ndarray, d: np.ndarray, s: Sphere) -> tuple[np.ndarray, np.ndarray]:
     oc = o - np.asarray(s.center)
     b = np.einsum("ij,ij->i", oc, d)
@@ -339,8 +417,9 @@ def triangle_mesh(subdivisions: int = 4) -> Any:
 
 
 def surface_splats(
-    shading: Pattern = pattern, seed: int = 0, count: int = 10_000, scale: float = 0.012
-) -> Any:
+    shading: Pattern = pattern, seed: int = 0, count: int = 10_000, scale: float = 0.012,
+    scene: list[Box | Sphere] | None = None,
+) -> Any:  # fmt: skip
     """`recon.fit.Splats` of an ideal fit: flat gaussians (`scale` wide, a sixth as thick) on the true
     surface, coloured like the ray caster (SH degree 1, no view dependence).
 
@@ -351,11 +430,12 @@ def surface_splats(
     from recon.fit import Splats
     from recon.frames import rotation_to_quaternion
 
-    points = sample_surface(n=count, seed=seed)
-    normals = surface_normals(points)
+    scene = default_scene() if scene is None else scene
+    points = sample_surface(scene, n=count, seed=seed)
+    normals = surface_normals(points, scene)
     origins = points + 1e-3 * normals  # cast back onto the surface to get the ray caster's own colour
     with np.errstate(invalid="ignore"):  # axis-aligned rays: the ray caster multiplies inf by 0
-        colors, _ = ray_cast(origins, -normals, default_scene(), shading)
+        colors, _ = ray_cast(origins, -normals, scene, shading)
     # Orientation: a rotation whose third axis is the normal (the thin axis).
     helper = np.where(np.abs(normals[:, :1]) < 0.9, [[1.0, 0, 0]], [[0, 1.0, 0]])
     u = np.cross(normals, helper)

@@ -1,0 +1,123 @@
+"""Thin parts survive meshing: the mesh keeps what the splats show (legs, handles, antennae).
+
+The scene is `recon.synthetic.spider_scene` with legs 1% of the object wide. Its splats are built the way
+the CPU preset's 128 px fit leaves such a leg (`benchmarks/bench_thin_parts.py` measured it): round
+gaussians a third of a pixel across strung along the leg, partly transparent (the leg's pixels peak
+under the 0.95 that marks a solid pixel), on a body of flat gaussians on the true surface. Meshing them
+with the old rules (thin parts abstained as outline, small components dropped) kept no leg whole.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import torch
+
+from recon import synthetic
+from recon.fit import Splats
+from recon.hull import VisualHull, carve_visual_hull, working_half_size
+from recon.mesh import FusedViews, MeshConfig, clean_mesh, fuse_surface
+from recon.poses import Cameras, OrbitConfig, orbit_cameras
+
+ELEVATION, RADIUS, FOV = 20.0, 2.0, 40.0
+VIEWS, SIZE = 36, 128
+LEG_HALF = 0.005  # legs 1% of the object wide: under one pixel at 128 px
+LEG_SIGMA, LEG_OPACITY = 0.0035, 0.8  # a fitted leg: soft, and less than solid at its centre
+LEG_SPACING = 2  # one gaussian every this many centreline samples (0.008 apart)
+BROWN = (0.35, 0.22, 0.12)
+SH_C0 = 0.28209479177387814
+PRESENT = 0.9  # a leg is there when found along 90% of its length
+OVERSHOOT = 0.1  # and reaches no farther than 10% of its length past its ends
+
+
+def fitted_like_splats(scene: list) -> Splats:
+    """The body as flat gaussians on its true surface, each leg as soft round gaussians on its centreline."""
+    body = synthetic.surface_splats(count=8000, scale=0.012, scene=scene[:2])
+    centres = np.concatenate([path[::LEG_SPACING] for path in synthetic.spider_leg_paths(LEG_HALF)])
+    n = len(centres)
+    legs = {
+        "means": torch.tensor(centres, dtype=torch.float32),
+        "scales": torch.full((n, 3), float(np.log(LEG_SIGMA))),
+        "quats": torch.tensor([[1.0, 0.0, 0.0, 0.0]]).repeat(n, 1),
+        "opacities": torch.full((n,), float(np.log(LEG_OPACITY / (1 - LEG_OPACITY)))),
+        "sh0": ((torch.tensor(BROWN) - 0.5) / SH_C0).reshape(1, 1, 3).repeat(n, 1, 1),
+        "shN": torch.zeros(n, 3, 3),
+    }
+    return dataclasses.replace(body, **{k: torch.cat([getattr(body, k), v]) for k, v in legs.items()})
+
+
+def overshoot_points(path: np.ndarray) -> np.ndarray:
+    """Points past the foot (downwards) of a leg's centreline [n, 3], beyond its length's 10%."""
+    length = len(path) * synthetic.LEG_PATH_STEP
+    start = path[-1] + np.array([0.0, 0.0, -(LEG_HALF + synthetic.LEG_FOUND_SLACK + 0.005)])
+    steps = np.arange(0.0, OVERSHOOT * length, synthetic.LEG_PATH_STEP)
+    return start - np.outer(steps, [0.0, 0.0, 1.0])
+
+
+def test_the_mesh_keeps_every_thin_leg_the_splats_show() -> None:
+    from scipy.spatial import cKDTree
+
+    scene = synthetic.spider_scene(LEG_HALF)
+    cams = orbit_cameras(VIEWS, OrbitConfig(ELEVATION, RADIUS, FOV), SIZE, SIZE)
+    c2w = synthetic.orbit_c2w(np.arange(VIEWS) * 360.0 / VIEWS, ELEVATION, RADIUS)
+    _, depth = synthetic.render(c2w, FOV, SIZE, scene, supersample=1)
+    hull = carve_visual_hull(np.isfinite(depth), cams, working_half_size(cams), 64, 0.5, 0.1)
+
+    mesh = fuse_surface(fitted_like_splats(scene), cams, hull, MeshConfig()).mesh
+
+    points = np.concatenate([np.asarray(mesh.sample(100_000, seed=0)), np.asarray(mesh.vertices)])
+    found = synthetic.spider_legs_found(points, LEG_HALF)
+    assert len(found) == 8
+    assert (found[:, 0] >= PRESENT).all(), f"legs lost or shortened: share of each leg kept {found[:, 0]}"
+    assert (found[:, 1] >= PRESENT).all(), f"legs broken off the body: unbroken share {found[:, 1]}"
+    tree = cKDTree(points)
+    for path in synthetic.spider_leg_paths(LEG_HALF):
+        beyond = overshoot_points(path)
+        distance, _ = tree.query(beyond)
+        assert distance.min() > LEG_HALF + synthetic.LEG_FOUND_SLACK, "a leg reaches past its foot"
+
+
+def test_a_cut_off_piece_stays_when_the_splats_show_it_and_goes_when_they_do_not() -> None:
+    """A big body, a small piece the fused depth shows (a leg cut off by a gap), and a small floater
+    no view's depth shows: the size rule alone drops both, the support rule keeps the first."""
+    import open3d as o3d
+    import trimesh
+
+    body = trimesh.creation.icosphere(subdivisions=4, radius=0.3)  # 5,120 faces
+    piece, floater = (  # 192 faces each: above the supported minimum, under a tenth of the body
+        trimesh.creation.box(extents=(0.03, 0.03, 0.2)).subdivide().subdivide() for _ in range(2)
+    )
+    piece.apply_translation((0.5, 0.0, 0.0))
+    floater.apply_translation((-0.5, 0.0, 0.0))
+    shown = trimesh.util.concatenate([body, piece])
+    mesh = trimesh.util.concatenate([body, piece, floater])
+
+    cams = orbit_cameras(12, OrbitConfig(ELEVATION, RADIUS, FOV), 96, 96)
+    scene = o3d.t.geometry.RaycastingScene()
+    scene.add_triangles(o3d.core.Tensor(np.asarray(shown.vertices, np.float32)),
+                        o3d.core.Tensor(np.asarray(shown.faces, np.uint32)))  # fmt: skip
+    far = 100.0
+    depth = np.stack([z_depth(scene, cams, i, far) for i in range(len(cams))])
+    fused = FusedViews(cams, depth, far)
+    hull = VisualHull(np.ones((8, 8, 8), dtype=bool), half=1.0)
+    voxel = 0.01
+
+    def pieces(cfg: MeshConfig) -> set[int]:
+        kept = clean_mesh(mesh.copy(), hull, cfg, fused, voxel)
+        return {int(np.sign(round(float(p.centroid[0]), 1))) for p in kept.split(only_watertight=False)}
+
+    assert pieces(MeshConfig(support_share=0.0)) == {0}
+    assert pieces(MeshConfig()) == {0, 1}
+
+
+def z_depth(scene, cams: Cameras, index: int, far: float) -> np.ndarray:
+    """z-depth [H, W] float32 of the ray-cast scene from camera `index` (`far` where it is missed)."""
+    import open3d as o3d
+
+    v, u = np.mgrid[0 : cams.height, 0 : cams.width] + 0.5
+    cam = np.stack([(u - cams.cx) / cams.fx, -(v - cams.cy) / cams.fy, -np.ones_like(u)], -1).reshape(-1, 3)
+    c2w = cams.c2w[index]
+    rays = np.concatenate([np.broadcast_to(c2w[:3, 3], cam.shape), cam @ c2w[:3, :3].T], 1)
+    t = scene.cast_rays(o3d.core.Tensor(rays.astype(np.float32)))["t_hit"].numpy()  # along `cam`: z = t
+    return np.where(np.isfinite(t), t, far).reshape(cams.height, cams.width).astype(np.float32)
