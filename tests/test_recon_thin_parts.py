@@ -21,7 +21,7 @@ from recon.mesh import FusedViews, MeshConfig, clean_mesh, fuse_surface
 from recon.poses import Cameras, OrbitConfig, orbit_cameras
 
 ELEVATION, RADIUS, FOV = 20.0, 2.0, 40.0
-VIEWS, SIZE = 36, 128
+VIEWS, SIZE = 24, 128
 LEG_HALF = 0.005  # legs 1% of the object wide: under one pixel at 128 px
 LEG_SIGMA, LEG_OPACITY = 0.0035, 0.8  # a fitted leg: soft, and less than solid at its centre
 LEG_SPACING = 2  # one gaussian every this many centreline samples (0.008 apart)
