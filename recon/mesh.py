@@ -52,7 +52,10 @@ class MeshConfig:
     alpha_solid: float = 0.95
     outline_px: int = 2
     # Thin parts (foreground that an opening of this many pixels removes: legs, handles, antennae) are
-    # all outline, so the rule above would leave them no surface votes; they always fuse (0: off).
+    # all outline, so the rule above would leave them no surface votes while the background beside them
+    # carves them; they always fuse (0: off). Measured with `support_share` (bench_thin_parts, legs 1%
+    # of the object wide, CPU preset fit): 8 of 8 legs kept and the glb 24.8 dB between the views,
+    # against 2 of 8 and 19.9 dB without; legs 1.8% wide and bench_every_side unchanged.
     thin_px: int = 1
     # Gaussians whose centre lies farther than this many voxels outside the fused, closed surface are
     # removed from the splats. The views see the hull's hidden cone under an object only through its
