@@ -412,6 +412,7 @@ MAX_ITERATIONS = 1_000_000
 MIN_FIT_RESOLUTION = 16
 MAX_FIT_RESOLUTION = 4096
 MAX_SH_DEGREE = 3
+MIN_RADIUS = 0.05  # = recon.poses.MIN_RADIUS (--help imports no numpy; tests/test_recon_poses.py checks)
 # = droplet3d.prepare's DEFAULT_BACKGROUND, BACKGROUNDS, DEFAULT_FILL, MIN_FILL, MAX_FILL (that package
 # imports torch; tests/test_prepare.py checks they agree).
 DEFAULT_BACKGROUND = "black"
@@ -542,8 +543,8 @@ OPTIONS: dict[str, Any] = {
     ),
     "radius": typer.Option(
         None, callback=finite, rich_help_panel=ORBIT_PANEL,
-        help="Camera distance from the object's centre, > 0 (world units; the object is ~1 unit across; "
-        "preset: 2.0).",
+        help=f"Camera distance from the object's centre, at least {MIN_RADIUS:g} (world units; the object is "
+        "~1 unit across; preset: 2.0).",
     ),
     "fov": typer.Option(
         None, callback=finite, rich_help_panel=ORBIT_PANEL,

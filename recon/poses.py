@@ -42,6 +42,11 @@ from recon.overrides import with_overrides
 
 # OpenGL camera axes (x right, y up, -z forward) <-> OpenCV (x right, y down, +z forward).
 GL_TO_CV = np.diag([1.0, -1.0, -1.0, 1.0])
+# The nearest camera distance an orbit may have, world units. The rasterisers clip everything nearer than
+# 0.01 (gsplat's near plane); the object spans about 0.6 of the distance at the preset's framing, so a
+# camera much closer than this puts the object's near side behind the clip plane and the fit has nothing
+# to render (`--radius 1e-9` ended in a traceback inside the fit). 0.05 reconstructs.
+MIN_RADIUS = 0.05
 
 
 @dataclass
@@ -61,8 +66,8 @@ class OrbitConfig:
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
                 raise ReconError(f"orbit {name.replace('_', '-')} must be a finite number, got {value!r}")
-        if self.radius <= 0:
-            raise ReconError(f"orbit radius must be > 0, got {self.radius}")
+        if self.radius < MIN_RADIUS:
+            raise ReconError(f"orbit radius must be at least {MIN_RADIUS:g}, got {self.radius}")
         if abs(self.elevation) >= 90:
             raise ReconError(
                 f"orbit elevation must be strictly between -90 and 90 degrees, got {self.elevation}"

@@ -206,6 +206,7 @@ def _bad_inputs(tmp: Path, frames: np.ndarray, video: Path) -> dict[str, tuple[l
         "mixed frame sizes": ([str(mixed)], ("mixed frame sizes", "006.png")),
         "radius 0": ([v, "--radius", "0"], ("radius",)),
         "radius negative": ([v, "--radius", "-2"], ("radius",)),
+        "radius too near to render": ([v, "--radius", "1e-9"], ("radius", "0.05")),
         "elevation 90": ([v, "--elevation", "90"], ("elevation",)),
         "elevation -120": ([v, "--elevation", "-120"], ("elevation",)),
         "fov 0": ([v, "--fov", "0"], ("fov",)),
