@@ -413,6 +413,9 @@ MIN_FIT_RESOLUTION = 16
 MAX_FIT_RESOLUTION = 4096
 MAX_SH_DEGREE = 3
 MIN_RADIUS = 0.05  # = recon.poses.MIN_RADIUS (--help imports no numpy; tests/test_recon_poses.py checks)
+# = recon.asset's MIN_FACES, MIN_TEXTURE_SIZE (it imports torch; tests/test_recon_export.py checks)
+MIN_FACES = 100
+MIN_TEXTURE_SIZE = 64
 # = droplet3d.prepare's DEFAULT_BACKGROUND, BACKGROUNDS, DEFAULT_FILL, MIN_FILL, MAX_FILL (that package
 # imports torch; tests/test_prepare.py checks they agree).
 DEFAULT_BACKGROUND = "black"
@@ -613,10 +616,11 @@ OPTIONS: dict[str, Any] = {
 OPTIONS.update({
     "faces": typer.Option(
         None, min=0, rich_help_panel=EXPORT_PANEL,
-        help="Face budget of the mesh: quadric decimation to at most this many (default 50000; 0 = all).",
+        help=f"Face budget of the mesh: quadric decimation to at most this many, at least {MIN_FACES} "
+        "(default 50000; 0 = all).",
     ),
     "texture_size": typer.Option(
-        None, min=16, max=8192, rich_help_panel=EXPORT_PANEL,
+        None, min=MIN_TEXTURE_SIZE, max=8192, rich_help_panel=EXPORT_PANEL,
         help="Side of the baked base-colour texture in texels (default 2048).",
     ),
     "vertex_colors": typer.Option(

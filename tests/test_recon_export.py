@@ -307,3 +307,15 @@ def trimesh_load(path: Path):
     import trimesh
 
     return trimesh.load(path).to_geometry()
+
+
+def test_the_cli_offers_the_export_bounds_the_export_checks() -> None:
+    import cli
+    from recon import asset
+    from recon.errors import ReconError
+
+    assert (cli.MIN_FACES, cli.MIN_TEXTURE_SIZE) == (asset.MIN_FACES, asset.MIN_TEXTURE_SIZE)
+    for bad in ({"faces": cli.MIN_FACES - 1}, {"texture_size": cli.MIN_TEXTURE_SIZE - 1}):
+        with pytest.raises(ReconError):
+            ExportConfig(**bad).validate()
+    ExportConfig(faces=cli.MIN_FACES, texture_size=cli.MIN_TEXTURE_SIZE).validate()
