@@ -46,7 +46,7 @@ from recon.frames import asset_transform, cameras_to_asset, front_direction
 from recon.mesh import (
     clean_mesh,
     close_unseen,
-    fusion_depth,
+    extract_mesh,
     integrate_splats,
     meshing_cameras,
     remove_hidden_faces,
@@ -57,6 +57,7 @@ from recon.poses import Cameras, OrbitConfig, orbit_cameras
 FRAMES, ELEVATION, RADIUS, FOV = 85, 20.0, 2.0, 40.0
 RINGS = {"between": 0.0, "above": 20.0, "below": -25.0}  # held-out elevations relative to the orbit
 RING_VIEWS = 8
+RING_TURN = 11.0  # degrees the held-out rings turn from frame 0, so no view is a training view's twin
 EVAL_SIZE = 256
 PRESENT_SHARE = 0.9  # a leg is present when found along this share of its length
 TARGETS = {"iou": 0.95, "glb_gap_db": 1.5}
@@ -67,21 +68,6 @@ def surface_points(mesh: Any) -> np.ndarray:
     return np.concatenate([np.asarray(mesh.sample(300_000, seed=0)), np.asarray(mesh.vertices)])
 
 
-def depth_points(splats, cams: Cameras, mesh_cfg) -> np.ndarray:
-    """The first-surface depth the TSDF fuses (`recon.mesh.fusion_depth`), back-projected [n, 3]."""
-    renders, alphas = splats.render(cams, render_mode="RGB+MD", batch=8, backend="torch",
-                                    depth_alpha=mesh_cfg.depth_alpha)  # fmt: skip
-    out = []
-    for j in range(len(cams)):
-        depth = fusion_depth(renders[j, ..., 3].numpy(), alphas[j, ..., 0].numpy(), np.inf, mesh_cfg)
-        v, u = np.nonzero((depth > 0) & np.isfinite(depth))
-        x = (u + 0.5 - cams.cx) / cams.fx * depth[v, u]
-        y = -(v + 0.5 - cams.cy) / cams.fy * depth[v, u]  # OpenGL camera axes: +y up, looking down -z
-        cam = np.stack([x, y, -depth[v, u]], 1)
-        out.append(cam @ cams.c2w[j, :3, :3].T + cams.c2w[j, :3, 3])
-    return np.concatenate(out)
-
-
 def stepwise(splats, cameras: Cameras, hull, mesh_cfg, half_width: float) -> tuple[dict, Any]:
     """The legs' found shares (`synthetic.spider_legs_found`) after each meshing step, and the cleaned
     TSDF mesh. The steps are `recon.mesh.fuse_surface`'s, taken one at a time."""
@@ -89,19 +75,15 @@ def stepwise(splats, cameras: Cameras, hull, mesh_cfg, half_width: float) -> tup
     def legs_found(points: np.ndarray, slack: float = synthetic.LEG_FOUND_SLACK) -> np.ndarray:
         return synthetic.spider_legs_found(points, half_width, slack)
 
-    import trimesh
-
     shares: dict[str, np.ndarray] = {}
     occupied = hull.centers(np.argwhere(hull.occupancy))
     shares["hull"] = legs_found(occupied, synthetic.LEG_FOUND_SLACK + 0.5 * np.sqrt(3) * hull.voxel)
     cams = meshing_cameras(cameras, mesh_cfg.render_size, mesh_cfg.extra_views)
-    shares["depth"] = legs_found(depth_points(splats, cams, mesh_cfg))
     grid = tsdf_grid(hull, mesh_cfg)
     volume, fused = integrate_splats(splats, cams, grid, mesh_cfg)
+    shares["depth"] = legs_found(fused.points())
     close_unseen(volume, grid, hull)
-    raw = volume.extract_triangle_mesh()
-    mesh = trimesh.Trimesh(np.asarray(raw.vertices), np.asarray(raw.triangles),
-                           vertex_colors=(np.asarray(raw.vertex_colors) * 255).astype(np.uint8))  # fmt: skip
+    mesh = extract_mesh(volume)
     shares["tsdf"] = legs_found(surface_points(mesh))
     if mesh_cfg.hidden_views > 0:
         mesh = remove_hidden_faces(mesh, mesh_cfg.hidden_views, grid.voxel)
@@ -111,11 +93,12 @@ def stepwise(splats, cameras: Cameras, hull, mesh_cfg, half_width: float) -> tup
     return shares, mesh
 
 
-def held_out_cameras(like: Cameras) -> dict[str, Cameras]:
+def held_out_cameras() -> dict[str, Cameras]:
+    """`RING_VIEWS` cameras per ring of `RINGS`, off every training azimuth."""
     base = orbit_cameras(1, OrbitConfig(fov=FOV), EVAL_SIZE, EVAL_SIZE)
     out = {}
     for name, offset in RINGS.items():
-        az = np.arange(RING_VIEWS) * 360.0 / RING_VIEWS + 360.0 / FRAMES / 2 + 11.0
+        az = np.arange(RING_VIEWS) * 360.0 / RING_VIEWS + 360.0 / FRAMES / 2 + RING_TURN
         c2w = synthetic.orbit_c2w(az, ELEVATION + offset, RADIUS)
         out[name] = Cameras(c2w, base.fx, base.fy, base.cx, base.cy, EVAL_SIZE, EVAL_SIZE)
     return out
@@ -125,7 +108,7 @@ def judge(asset, splats, train: Cameras, half_width: float, pictures: Path | Non
     """Silhouette IoU of the glb and PSNR of glb and splats at every held-out ring."""
     transform = asset_transform(front_direction(train))
     figures = {}
-    for name, cams in held_out_cameras(train).items():
+    for name, cams in held_out_cameras().items():
         scene = synthetic.spider_scene(half_width)
         truth, depth = synthetic.render(cams.c2w, FOV, EVAL_SIZE, scene, supersample=3)
         in_asset = cameras_to_asset(cams, transform)

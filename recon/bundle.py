@@ -207,7 +207,7 @@ class BundleResult:
         """The adjusted cameras for frames of `width` x `height` pixels."""
         n = len(self.azimuth)
         distance = np.full(n, self.orbit.radius) if self.distance is None else self.distance
-        c2w = look_at_c2w(_positions(np.radians(self.azimuth), np.radians(self.elevation), distance))
+        c2w = _Path(np.radians(self.azimuth), np.radians(self.elevation), distance).c2w()
         focal = focal_from_fov(self.orbit.fov, height) * self.focal_scale
         return Cameras(c2w, focal, focal, width / 2.0, height / 2.0, width, height)
 

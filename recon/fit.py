@@ -46,6 +46,7 @@ from recon.hull import VisualHull, carve_visual_hull, project_points, working_ha
 from recon.overrides import with_overrides
 from recon.poses import Cameras
 from recon.raster import rasterize, resolve_device
+from recon.raster_torch import SH_C0
 
 # gsplat's simple_trainer refines every 100 of 30k steps; our runs are 100x shorter, and each refinement
 # needs gradient statistics from several views, so the interval never drops below this many steps.
@@ -343,7 +344,7 @@ def _initial_params(pts: np.ndarray, colors: np.ndarray, cfg: FitConfig) -> torc
     """gsplat's raw parametrisation: log scales from the 3 nearest neighbours, random rotations."""
     n = len(pts)
     k = (cfg.sh_degree + 1) ** 2
-    sh0 = ((colors - 0.5) / 0.28209479177387814)[:, None, :]
+    sh0 = ((colors - 0.5) / SH_C0)[:, None, :]
     return torch.nn.ParameterDict(
         {
             "means": torch.nn.Parameter(torch.tensor(pts, dtype=torch.float32)),

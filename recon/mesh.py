@@ -191,6 +191,16 @@ class FusedViews:
     depth: np.ndarray  # [C, H, W] float32, as `fusion_depth` returns them
     far: float
 
+    def points(self) -> np.ndarray:
+        """Every fused first-surface pixel back-projected to the world [n, 3] (OpenGL camera axes)."""
+        cams, out = self.cameras, []
+        for c, depth in enumerate(self.depth):
+            v, u = np.nonzero((depth > 0) & (depth < self.far))
+            z = depth[v, u]
+            x, y = (u + 0.5 - cams.cx) / cams.fx * z, -(v + 0.5 - cams.cy) / cams.fy * z
+            out.append(np.stack([x, y, -z], 1) @ cams.c2w[c, :3, :3].T + cams.c2w[c, :3, 3])
+        return np.concatenate(out)
+
     def supported(self, points: np.ndarray, tolerance: float) -> np.ndarray:
         """Whether some view's fused first surface lies within `tolerance` of each point [n, 3], [n]."""
         uv, z = project_points(points, self.cameras)
@@ -306,22 +316,27 @@ class Surface:
         return out
 
 
-def fuse_surface(splats: Splats, cameras: Cameras, hull: VisualHull, cfg: MeshConfig) -> Surface:
-    """Steps: render the splats, fuse them in a TSDF, close unseen space from the hull, extract, remove
-    the faces no outside view sees, clean."""
+def extract_mesh(volume: Any) -> Any:
+    """The TSDF volume's zero level (marching cubes) as a trimesh.Trimesh with vertex colours."""
     import trimesh
 
-    cams = meshing_cameras(cameras, cfg.render_size, cfg.extra_views)
-    grid = tsdf_grid(hull, cfg)
-    volume, fused = integrate_splats(splats, cams, grid, cfg)
-    tsdf, observed = close_unseen(volume, grid, hull)
     raw = volume.extract_triangle_mesh()
     vertices = np.asarray(raw.vertices)
     faces = np.asarray(raw.triangles)
     if len(faces) == 0:
         raise ReconError("meshing found no surface (the fitted splats render as background everywhere)")
     colors = (np.asarray(raw.vertex_colors) * 255).round().clip(0, 255).astype(np.uint8)
-    mesh = trimesh.Trimesh(vertices, faces, vertex_colors=colors, process=True)
+    return trimesh.Trimesh(vertices, faces, vertex_colors=colors, process=True)
+
+
+def fuse_surface(splats: Splats, cameras: Cameras, hull: VisualHull, cfg: MeshConfig) -> Surface:
+    """Steps: render the splats, fuse them in a TSDF, close unseen space from the hull, extract, remove
+    the faces no outside view sees, clean."""
+    cams = meshing_cameras(cameras, cfg.render_size, cfg.extra_views)
+    grid = tsdf_grid(hull, cfg)
+    volume, fused = integrate_splats(splats, cams, grid, cfg)
+    tsdf, observed = close_unseen(volume, grid, hull)
+    mesh = extract_mesh(volume)
     if cfg.hidden_views > 0:  # first: the cleaning then drops the scraps of inner sheets it leaves
         mesh = remove_hidden_faces(mesh, cfg.hidden_views, grid.voxel)
     mesh = clean_mesh(mesh, hull, cfg, fused, grid.voxel)

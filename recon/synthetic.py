@@ -89,6 +89,7 @@ def dark_scene() -> list[Box | Sphere]:
 LEG_HALF_WIDTH = 0.009
 LEG_REACH, LEG_KNEE_Z, LEG_FOOT_Z = 0.45, 0.05, -0.35
 LEG_X = (-0.15, -0.05, 0.05, 0.15)
+LEG_COLOR = (0.35, 0.22, 0.12)
 
 
 def spider_legs(half_width: float = LEG_HALF_WIDTH) -> list[tuple[Box, Box]]:
@@ -97,11 +98,11 @@ def spider_legs(half_width: float = LEG_HALF_WIDTH) -> list[tuple[Box, Box]]:
     legs = []
     for side in (-1.0, 1.0):
         for x in LEG_X:
-            thigh = Box(center=(x, side * LEG_REACH / 2, LEG_KNEE_Z), half=(w, LEG_REACH / 2, w),
-                        color=(0.35, 0.22, 0.12))  # fmt: skip
+            thigh_half = (w, LEG_REACH / 2, w)
+            thigh = Box(center=(x, side * LEG_REACH / 2, LEG_KNEE_Z), half=thigh_half, color=LEG_COLOR)
             shin_mid = 0.5 * (LEG_KNEE_Z + LEG_FOOT_Z)
-            shin = Box(center=(x, side * LEG_REACH, shin_mid), half=(w, w, (LEG_KNEE_Z - LEG_FOOT_Z) / 2 + w),
-                       color=(0.35, 0.22, 0.12))  # fmt: skip
+            shin_half = (w, w, (LEG_KNEE_Z - LEG_FOOT_Z) / 2 + w)
+            shin = Box(center=(x, side * LEG_REACH, shin_mid), half=shin_half, color=LEG_COLOR)
             legs.append((thigh, shin))
     return legs
 
@@ -429,6 +430,7 @@ def surface_splats(
 
     from recon.fit import Splats
     from recon.frames import rotation_to_quaternion
+    from recon.raster_torch import SH_C0
 
     scene = default_scene() if scene is None else scene
     points = sample_surface(scene, n=count, seed=seed)
@@ -447,7 +449,7 @@ def surface_splats(
         means=torch.tensor(points, dtype=torch.float32),
         scales=torch.log(torch.tensor([[scale, scale, scale / 6]]).repeat(n, 1)),
         quats=quats, opacities=torch.full((n,), 4.0),
-        sh0=torch.tensor((colors - 0.5) / 0.28209479177387814, dtype=torch.float32)[:, None],
+        sh0=torch.tensor((colors - 0.5) / SH_C0, dtype=torch.float32)[:, None],
         shN=torch.zeros(n, 3, 3), sh_degree=1,
         background=torch.tensor(BACKGROUND, dtype=torch.float32),
     )  # fmt: skip

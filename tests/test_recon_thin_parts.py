@@ -19,14 +19,13 @@ from recon.fit import Splats
 from recon.hull import VisualHull, carve_visual_hull, working_half_size
 from recon.mesh import FusedViews, MeshConfig, clean_mesh, fuse_surface
 from recon.poses import Cameras, OrbitConfig, orbit_cameras
+from recon.raster_torch import SH_C0
 
 ELEVATION, RADIUS, FOV = 20.0, 2.0, 40.0
 VIEWS, SIZE = 24, 128
 LEG_HALF = 0.005  # legs 1% of the object wide: under one pixel at 128 px
 LEG_SIGMA, LEG_OPACITY = 0.0035, 0.8  # a fitted leg: soft, and less than solid at its centre
 LEG_SPACING = 2  # one gaussian every this many centreline samples (0.008 apart)
-BROWN = (0.35, 0.22, 0.12)
-SH_C0 = 0.28209479177387814
 PRESENT = 0.9  # a leg is there when found along 90% of its length
 OVERSHOOT = 0.1  # and reaches no farther than 10% of its length past its ends
 
@@ -41,7 +40,7 @@ def fitted_like_splats(scene: list) -> Splats:
         "scales": torch.full((n, 3), float(np.log(LEG_SIGMA))),
         "quats": torch.tensor([[1.0, 0.0, 0.0, 0.0]]).repeat(n, 1),
         "opacities": torch.full((n,), float(np.log(LEG_OPACITY / (1 - LEG_OPACITY)))),
-        "sh0": ((torch.tensor(BROWN) - 0.5) / SH_C0).reshape(1, 1, 3).repeat(n, 1, 1),
+        "sh0": ((torch.tensor(synthetic.LEG_COLOR) - 0.5) / SH_C0).reshape(1, 1, 3).repeat(n, 1, 1),
         "shN": torch.zeros(n, 3, 3),
     }
     return dataclasses.replace(body, **{k: torch.cat([getattr(body, k), v]) for k, v in legs.items()})
