@@ -30,6 +30,7 @@ from recon.hull import VisualHull, pixel_index, project_points
 from recon.overrides import with_overrides
 from recon.pose_refine import orbit_angles
 from recon.poses import Cameras, look_at_c2w, orbit_positions
+from recon.surface import nearest_index
 
 
 @dataclass
@@ -261,7 +262,6 @@ def close_unseen(volume: Any, grid: Grid, hull: VisualHull) -> tuple[np.ndarray,
     Colours of the closing voxels come from the nearest observed surface voxel.
     """
     import open3d as o3d
-    from scipy.spatial import cKDTree
 
     tsdf = np.asarray(volume.extract_volume_tsdf())  # [R^3, 2]: tsdf / trunc, weight
     color = np.asarray(volume.extract_volume_color())  # [R^3, 3] in 0..255
@@ -279,8 +279,7 @@ def close_unseen(volume: Any, grid: Grid, hull: VisualHull) -> tuple[np.ndarray,
     tsdf[unseen, 1] = FILL_WEIGHT
     near = unseen[np.abs(distance) < grid.trunc]
     if len(near):
-        _, nearest = cKDTree(centers[band]).query(centers[near])
-        color[near] = color[np.flatnonzero(band)[nearest]]
+        color[near] = color[np.flatnonzero(band)[nearest_index(centers[band], centers[near])]]
     volume.inject_volume_tsdf(o3d.utility.Vector2dVector(tsdf))
     volume.inject_volume_color(o3d.utility.Vector3dVector(color))
     return tsdf, seen

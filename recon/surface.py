@@ -24,6 +24,19 @@ DECIMATION_RETRIES = 4
 UNIT_TOLERANCE = 0.5
 
 
+def nearest_index(points: np.ndarray, queries: np.ndarray) -> np.ndarray:
+    """Index [Q] of each query's nearest point in `points` [P, 3] (exact, Euclidean).
+
+    scipy's default tree (median splits, compacted node boxes) is pathological on surface samples,
+    which are full of coplanar points and duplicates: 250k texel queries against 2.2M texels took 23 s;
+    sliding-midpoint splits without compaction answer the same queries in 0.25 s.
+    """
+    from scipy.spatial import cKDTree
+
+    tree = cKDTree(points, balanced_tree=False, compact_nodes=False)
+    return tree.query(queries)[1]
+
+
 def smooth_surface(mesh: Any, iterations: int) -> Any:
     """A Taubin-smoothed copy of the trimesh `mesh` (vertex colours kept; 0 iterations = unchanged).
 
@@ -46,7 +59,6 @@ def decimate(mesh: Any, faces: int) -> Any:
     """
     import fast_simplification
     import trimesh
-    from scipy.spatial import cKDTree
 
     if len(mesh.faces) <= faces:
         return mesh.copy()
@@ -68,8 +80,7 @@ def decimate(mesh: Any, faces: int) -> Any:
         raise ReconError(f"decimation could not reach {faces} faces (left {len(out.faces)})")
     colors = getattr(mesh.visual, "vertex_colors", None)
     if colors is not None and len(colors) == len(mesh.vertices):
-        _, nearest = cKDTree(mesh.vertices).query(out.vertices)
-        out.visual.vertex_colors = np.asarray(colors)[nearest]
+        out.visual.vertex_colors = np.asarray(colors)[nearest_index(mesh.vertices, out.vertices)]
     return out
 
 

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from recon.errors import ReconError
 from recon.fit import Splats
 from recon.poses import Cameras, look_at_c2w, orbit_positions
+from recon.surface import nearest_index
 
 # Candidate texels tested per rasterisation chunk: bounds memory (about 40 bytes per candidate).
 RASTER_BUDGET = 1 << 22
@@ -227,14 +228,11 @@ def texture_image(
 
 def fill_unseen_vertices(vertices: np.ndarray, colors: np.ndarray, seen: np.ndarray) -> np.ndarray:
     """Colours [V, 3] uint8 of surface points; points no view saw take their nearest seen point's colour."""
-    from scipy.spatial import cKDTree
-
     if not seen.any():
         raise ReconError("colour baking found no vertex any view sees")
     colors = colors.copy()
     if not seen.all():
-        _, nearest = cKDTree(vertices[seen]).query(vertices[~seen])
-        colors[~seen] = colors[seen][nearest]
+        colors[~seen] = colors[seen][nearest_index(vertices[seen], vertices[~seen])]
     return to_uint8(colors)
 
 
