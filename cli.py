@@ -13,33 +13,31 @@ fitting and export); they never import each other. Every subcommand follows the 
 
 from __future__ import annotations
 
-import contextlib
 import functools
-import hashlib
-import json
 import math
 import os
-import shutil
-import signal
 import sys
-import tempfile
-import threading
-import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
-from dataclasses import fields as dataclass_fields
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 import typer
 from typer.core import TyperGroup
 
-if TYPE_CHECKING:
-    from droplet3d.generate import GenerateConfig, GenerateResult
+from runs.errors import CLICK_EXCEPTION, USAGE_ERROR, UsageError, warn
+from runs.output import check_out_dir, real_out, refuse_overlap, staged_output
+from runs.params import (
+    export_options,
+    fit_options,
+    generate_config,
+    generate_output_bytes,
+    orbit_options,
+)
+from runs.progress import progress_lines_when_piped
+from runs.stages import logger, run_folder, run_stages_of
 
-# Typer vendors click privately; these are the public typer.BadParameter's base classes.
-USAGE_ERROR: type[Exception] = typer.BadParameter.__bases__[0]
-CLICK_EXCEPTION: type[Exception] = USAGE_ERROR.__bases__[0]
+if TYPE_CHECKING:
+    pass
 
 
 class OneLineErrors(TyperGroup):
@@ -94,281 +92,10 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 
-class CLIError(Exception):
-    """A problem the user can fix; printed as one line, exit code 2."""
-
-
 def fail(message: str) -> None:
     """Print a one-line error and exit with code 2 (no traceback)."""
     typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
     raise typer.Exit(EXIT_USAGE)
-
-
-def warn(message: str) -> None:
-    typer.secho(f"warning: {message}", fg=typer.colors.YELLOW, err=True)
-
-
-# --------------------------------------------------------------------------- output safety
-# Our own scratch names beside (or, for `run`, inside) an output folder. Anything matching them
-# belongs to us: a crashed or killed run leaves them behind and the next run for the same --out
-# removes them while it holds that --out's lock.
-STAGING_INFIX = ".partial-"
-LOCK_SUFFIX = ".lock"
-# Room every command needs beyond its outputs (reports, previews, the mp4 muxer's buffers).
-MIN_FREE_BYTES = 64 * 1024**2
-FULL_PERMISSIONS = 0o777
-
-
-def staging_prefix(out: Path) -> str:
-    return f".{out.name}{STAGING_INFIX}"
-
-
-def is_scratch(path: Path) -> bool:
-    """Whether `path` is one of our staging folders or lock files (never user data)."""
-    name = path.name
-    return name.startswith(".") and (STAGING_INFIX in name or name.endswith(LOCK_SUFFIX))
-
-
-def real_out(out: Path) -> Path:
-    """The folder --out names, as an absolute path; a symlink is followed so we write through it.
-
-    Staging happens beside the real folder (the rename must stay on one filesystem) and the link keeps
-    pointing at the new contents. A link to a file, or a loop, is a one-line error.
-    """
-    out = Path(os.path.abspath(out))
-    if not out.is_symlink():
-        return out
-    try:
-        target = out.resolve(strict=False)
-    except (OSError, RuntimeError) as exc:  # RuntimeError: a symlink loop on Python < 3.13
-        raise CLIError(f"--out {out} is a symlink that cannot be resolved: {exc}") from exc
-    if target.exists() and not target.is_dir():
-        raise CLIError(f"--out {out} is a symlink to {target}, which is not a folder")
-    return target
-
-
-def refuse_overlap(out: Path, inputs: dict[str, Path | None]) -> None:
-    """An --out that is, contains or lies inside an input would destroy that input on replace."""
-    target = real_out(out)
-    for label, path in inputs.items():
-        if path is None:
-            continue
-        source = Path(path).resolve()
-        if target == source:
-            raise CLIError(f"--out {out} is the {label} {path}; choose another output folder")
-        if target in source.parents:
-            raise CLIError(f"--out {out} contains the {label} {path}; choose another output folder")
-        if source in target.parents:
-            raise CLIError(f"--out {out} lies inside the {label} {path}; choose another output folder")
-    if target == Path.cwd().resolve() or target in Path.cwd().resolve().parents:
-        raise CLIError(f"--out {out} is the current folder or contains it; choose another output folder")
-
-
-def user_entries(folder: Path) -> list[Path]:
-    """What a folder holds apart from our own leftovers."""
-    return [p for p in folder.iterdir() if not is_scratch(p)]
-
-
-def check_out_dir(out: Path, overwrite: bool) -> None:
-    """Refuse to clobber a non-empty output folder unless asked to."""
-    out = real_out(out)
-    if out.exists() and not out.is_dir():
-        raise CLIError(f"--out {out} exists and is not a folder")
-    if out.is_dir() and user_entries(out) and not overwrite:
-        raise CLIError(f"--out {out} exists and is not empty; pass --overwrite to replace it")
-
-
-def make_parent(folder: Path) -> None:
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise CLIError(f"cannot create the output's parent folder {folder}: {exc.strerror or exc}") from exc
-
-
-@contextlib.contextmanager
-def out_lock(out: Path) -> Iterator[None]:
-    """Hold an exclusive lock on --out (a `.NAME.lock` file beside it) so two writers cannot race.
-
-    flock locks vanish with their process, so a killed run never leaves a stuck lock. The lock file is
-    removed on release; a waiter that locked the removed inode notices (the inode differs) and retries.
-    """
-    import fcntl
-
-    lock = out.parent / f".{out.name}{LOCK_SUFFIX}"
-    while True:
-        try:
-            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
-        except OSError as exc:
-            raise CLIError(f"cannot write in {out.parent}: {exc.strerror or exc}") from exc
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError as exc:
-            os.close(fd)
-            raise CLIError(f"--out {out} is being written by another droplet3d process; wait for it") from exc
-        try:
-            current = os.stat(lock).st_ino
-        except FileNotFoundError:
-            current = -1
-        if current == os.fstat(fd).st_ino:
-            break
-        os.close(fd)
-    try:
-        yield
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            lock.unlink()
-        os.close(fd)
-
-
-@contextlib.contextmanager
-def terminate_as_exit() -> Iterator[None]:
-    """Turn SIGTERM into SystemExit while outputs are staged, so cleanup runs as it does on Ctrl-C."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def on_term(signum: int, _frame: object) -> None:
-        raise SystemExit(128 + signum)
-
-    previous = signal.signal(signal.SIGTERM, on_term)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
-def remove_stale_staging(out: Path) -> None:
-    """Delete staging folders an earlier, killed run left for this --out (call with the lock held)."""
-    for leftover in out.parent.glob(staging_prefix(out) + "*"):
-        shutil.rmtree(leftover, ignore_errors=True)
-
-
-def current_umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def make_staging(out: Path) -> Path:
-    """A fresh staging folder beside `out`, with the permissions a plain mkdir would give."""
-    try:
-        tmp = Path(tempfile.mkdtemp(prefix=staging_prefix(out), dir=out.parent))
-    except OSError as exc:
-        raise CLIError(f"cannot write in {out.parent}: {exc.strerror or exc}") from exc
-    os.chmod(tmp, FULL_PERMISSIONS & ~current_umask())  # mkdtemp makes 0700
-    return tmp
-
-
-def check_free_space(folder: Path, need_bytes: int) -> None:
-    free = shutil.disk_usage(folder).free
-    if free < need_bytes:
-        raise CLIError(
-            f"not enough free space in {folder}: {free / 1024**2:.0f} MiB free, "
-            f"about {need_bytes / 1024**2:.0f} MiB needed"
-        )
-
-
-def publish(tmp: Path, out: Path, overwrite: bool) -> None:
-    """Move the finished `tmp` to `out`, deciding about --overwrite again at this very moment.
-
-    Without --overwrite the rename itself is the check: POSIX replaces only an empty folder, so a file
-    the user put in --out meanwhile makes it fail, and the result is kept beside --out instead.
-    """
-    if overwrite and out.exists() and not out.is_dir():
-        raise CLIError(f"--out {out} became a file while this ran; it was left untouched")
-    old = None
-    if overwrite and out.is_dir():
-        old = out.parent / f"{staging_prefix(out)}old-{os.getpid()}"
-        os.rename(out, old)
-    try:
-        os.rename(tmp, out)
-    except OSError as exc:
-        if old is not None:
-            os.rename(old, out)
-            raise
-        kept = out.with_name(f"{out.name}.new-{os.getpid()}")
-        os.rename(tmp, kept)
-        raise CLIError(
-            f"--out {out} was filled by someone else while this ran and was left untouched; "
-            f"the result is in {kept}"
-        ) from exc
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-
-
-@contextlib.contextmanager
-def staged_output(
-    out: Path, overwrite: bool, need_bytes: int = MIN_FREE_BYTES, lock: bool = True
-) -> Iterator[Path]:
-    """Yield a staging folder beside `out`; move it to `out` only if the block succeeds.
-
-    The staging folder lives in the same parent so the final rename is atomic on one filesystem. It is
-    removed on any failure, Ctrl-C or SIGTERM; the lock keeps a second writer away (`lock=False` when
-    the caller already holds a lock covering `out`, as `run` does for its stage folders).
-    """
-    out = real_out(out)
-    check_out_dir(out, overwrite)
-    make_parent(out.parent)
-    with out_lock(out) if lock else contextlib.nullcontext(), terminate_as_exit():
-        remove_stale_staging(out)
-        tmp = make_staging(out)
-        try:
-            check_free_space(out.parent, need_bytes)
-            yield tmp
-            publish(tmp, out, overwrite)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-
-
-# --------------------------------------------------------------------------- progress in logs
-PROGRESS_LINE_PERCENT = 5  # piped progress: one line each time a bar crosses another 5%
-PERCENT = 100
-
-
-def is_terminal(stream: Any) -> bool:
-    try:
-        return bool(stream.isatty())
-    except (AttributeError, ValueError):  # no isatty, or a closed stream
-        return False
-
-
-@contextlib.contextmanager
-def progress_lines_when_piped() -> Iterator[None]:
-    """While a command runs, progress bars writing to a pipe or file print whole lines, one per 5%.
-
-    tqdm redraws a line with carriage returns up to ten times a second, which in a CI log or `2> log`
-    becomes megabytes of one-line noise. Every bar in the stack (ours, diffusers', the fit loop's) is a
-    tqdm, so this swaps tqdm's `display` for one that, for a non-terminal stream only, writes a line
-    when the bar enters a new 5% step (or doubles its count when the total is unknown) and never a
-    carriage return. Terminals keep the live bars.
-    """
-    from tqdm import std
-
-    terminal_display = std.tqdm.display
-
-    def step_of(bar: Any) -> int:
-        if bar.total:
-            return min(int(bar.n * PERCENT / bar.total), PERCENT) // PROGRESS_LINE_PERCENT
-        return max(int(bar.n), 1).bit_length()  # unknown length: a line per doubling
-
-    def display(bar: Any, msg: str | None = None, pos: int | None = None) -> bool:
-        if is_terminal(bar.fp):
-            return terminal_display(bar, msg, pos)
-        if msg is None or msg == "":  # an update, or close() clearing the bar: log a new step once
-            if getattr(bar, "_logged_step", None) != step_of(bar):
-                bar._logged_step = step_of(bar)
-                bar.fp.write(str(bar).strip() + "\n")
-                bar.fp.flush()
-        else:
-            bar.fp.write(msg.strip() + "\n")
-        return False  # nothing to clear: close() must not write its carriage return
-
-    std.tqdm.display = display
-    try:
-        yield
-    finally:
-        std.tqdm.display = terminal_display
 
 
 def guarded(fn: Callable[P, R]) -> Callable[P, R]:
@@ -381,7 +108,7 @@ def guarded(fn: Callable[P, R]) -> Callable[P, R]:
         try:
             with progress_lines_when_piped():
                 return fn(*args, **kwargs)
-        except (CLIError, Droplet3DError, ReconError) as exc:
+        except (UsageError, Droplet3DError, ReconError) as exc:
             fail(str(exc))
             raise AssertionError("unreachable") from exc
         except OSError as exc:  # a full or read-only disk, a vanished file: not a bug to trace
@@ -632,7 +359,6 @@ OPTIONS.update({
         help="Splat file: ply (standard 3DGS), splat (antimatter15) or ply-compressed (SuperSplat).",
     ),
 })  # fmt: skip
-EXPORT_NAMES = ("faces", "texture_size", "vertex_colors", "splat_format")
 # `run` has two seeds: --seed is generation's (as in `generate`), this one the reconstruction's.
 OPTIONS["run_fit_seed"] = typer.Option(
     None, "--fit-seed", min=0, max=MAX_SEED, rich_help_panel=FIT_PANEL,
@@ -665,41 +391,6 @@ OPTIONS.update({
     ),
 })  # fmt: skip
 INPUT_HELP = "Orbit video file, folder of frames, or a `generate` output folder."
-ORBIT_NAMES = ("elevation", "radius", "fov", "start_azimuth", "direction", "full_turn")
-# The input-preparation options: every command that generates (generate, run, batch) takes all of them.
-PREPARE_NAMES = ("background", "remove_background", "segmenter", "recentre", "fill")
-
-
-def orbit_options(params: dict[str, Any]) -> dict[str, object]:
-    """The orbit options of a command's parameters (None = take the preset / generation.json / config),
-    with --orbit and --refine as "mode" and "refine" (`recon.orbit_mode`)."""
-    return {**{name: params[name] for name in ORBIT_NAMES}, "mode": params["orbit_mode"],
-            "refine": params["refine"]}  # fmt: skip
-
-
-def export_options(params: dict[str, Any]) -> dict[str, object]:
-    """The export options of a command's parameters (None = take the config file's or the default)."""
-    return {name: params[name] for name in EXPORT_NAMES}
-
-
-def fit_options(params: dict[str, Any], seed_name: str = "seed") -> dict[str, object]:
-    """The fitting options of a command's parameters (None = take the preset / config value)."""
-    return {
-        "iterations": params["iterations"], "device": params["device"], "sh_degree": params["sh_degree"],
-        "resolution": params["resolution"], "seed": params[seed_name],
-    }  # fmt: skip
-
-
-def generate_config(params: dict[str, object]) -> GenerateConfig:
-    """The GenerateConfig of a command's parameters (those named like its fields)."""
-    from droplet3d.generate import GenerateConfig  # noqa: F811 - imported lazily: torch is slow to import
-
-    names = {f.name for f in dataclass_fields(GenerateConfig)} - {"prompt", "progress"}
-    return GenerateConfig(
-        prompt=read_prompt(params["prompt"], params["prompt_file"]),  # type: ignore[arg-type]
-        progress=not params["quiet"],
-        **{k: v for k, v in params.items() if k in names},  # type: ignore[arg-type]
-    )
 
 
 # --------------------------------------------------------------------------- generate
@@ -753,115 +444,6 @@ def generate(
 
 # Upper bound of the bytes per frame pixel `generate` writes: a lossless PNG of noise is about the raw
 # RGB size (3 bytes), orbit.mp4 is far smaller; 4 leaves room for generation.json and the input images.
-OUTPUT_BYTES_PER_PIXEL = 4
-
-
-def generate_output_bytes(config: GenerateConfig) -> int:
-    """Disk space `generate` needs for its outputs, checked before the slow work starts."""
-    return MIN_FREE_BYTES + config.frames * config.height * config.width * OUTPUT_BYTES_PER_PIXEL
-
-
-MAX_TEXT_TOKENS = 450  # = droplet3d.pipeline.MAX_TEXT_TOKENS (that module imports torch)
-# A prompt file is read whole and recorded in generation.json; 450 T5 tokens are about 2-3 KB of English.
-MAX_PROMPT_FILE_BYTES = 64 * 1024
-
-
-def read_prompt(prompt: str | None, prompt_file: Path | None) -> str:
-    """Exactly one of --prompt / --prompt-file."""
-    if (prompt is None) == (prompt_file is None):
-        raise CLIError("give exactly one of --prompt or --prompt-file")
-    if prompt_file is not None:
-        try:
-            if prompt_file.stat().st_size > MAX_PROMPT_FILE_BYTES:
-                raise CLIError(
-                    f"--prompt-file {prompt_file} is {prompt_file.stat().st_size / 1024:.0f} KB; the text "
-                    f"encoder reads {MAX_TEXT_TOKENS} tokens (a few KB), so at most "
-                    f"{MAX_PROMPT_FILE_BYTES // 1024} KB are accepted"
-                )
-            return prompt_file.read_text(encoding="utf-8").strip()
-        except (OSError, UnicodeDecodeError) as exc:
-            raise CLIError(f"cannot read --prompt-file {prompt_file}: {exc}") from exc
-    return prompt or ""
-
-
-# --------------------------------------------------------------------------- run (resumable)
-RUN_STATE = "run.json"
-
-
-def fingerprint(data: object) -> str:
-    """A stable hash of JSON-able parameters: equal parameters, equal fingerprint."""
-    return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()
-
-
-def folder_digest(folder: Path) -> str:
-    """Hash of every file's name and bytes under `folder` (what a later stage consumes)."""
-    digest = hashlib.sha256()
-    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
-        digest.update(str(path.relative_to(folder)).encode())
-        digest.update(path.read_bytes())
-    return digest.hexdigest()
-
-
-def path_digest(path: Path) -> str:
-    """Hash of a file's name and bytes, or of a folder's files (`folder_digest`)."""
-    if path.is_dir():
-        return folder_digest(path)
-    return hashlib.sha256(path.name.encode() + path.read_bytes()).hexdigest()
-
-
-@dataclass
-class RunState:
-    """`run.json`: the fingerprint of the inputs each finished stage was made from."""
-
-    path: Path
-    stages: dict[str, str] = field(default_factory=dict)
-
-    @classmethod
-    def load(cls, out: Path) -> RunState:
-        path = out / RUN_STATE
-        try:
-            stages = json.loads(path.read_text()).get("stages", {}) if path.is_file() else {}
-        except (OSError, ValueError):
-            stages = {}  # a damaged state file only costs a redo
-        return cls(path, stages if isinstance(stages, dict) else {})
-
-    def mark(self, stage: str, key: str) -> None:
-        self.stages[stage] = key
-        self._save()
-
-    def forget(self, stage: str) -> None:
-        """Drop a stage before redoing it: a run killed mid-stage must not look finished."""
-        if self.stages.pop(stage, None) is not None:
-            self._save()
-
-    def _save(self) -> None:
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"stages": self.stages}, indent=2))
-        tmp.replace(self.path)
-
-
-def check_run_out(out: Path, overwrite: bool) -> None:
-    """A run folder may be resumed; any other non-empty folder needs --overwrite.
-
-    A folder holding only our own leftovers (staging folders of a killed run) counts as a run folder.
-    Call with the lock on `out` held: the replacing happens here.
-    """
-    if out.exists() and not out.is_dir():
-        raise CLIError(f"--out {out} exists and is not a folder")
-    if out.is_dir() and user_entries(out) and not (out / RUN_STATE).is_file():
-        if not overwrite:
-            raise CLIError(
-                f"--out {out} is not empty and holds no {RUN_STATE}; pass --overwrite to replace it"
-            )
-        shutil.rmtree(out)
-
-
-def remove_run_leftovers(out: Path) -> None:
-    """Staging folders a killed `run` left inside its folder (call with the run's lock held)."""
-    for leftover in out.glob(".*" + STAGING_INFIX + "*"):
-        shutil.rmtree(leftover, ignore_errors=True)
-
-
 # --------------------------------------------------------------------------- info
 INFO_PACKAGES = (
     "droplet3d", "torch", "diffusers", "transformers", "safetensors", "peft", "accelerate", "sentencepiece",
@@ -932,7 +514,7 @@ def info(
     if not report.ok:
         for problem in report.problems:
             typer.secho(f"problem: {problem}", fg=typer.colors.RED, err=True)
-        raise CLIError(f"checkpoint {ckpt} has {len(report.problems)} problem(s), listed above")
+        raise UsageError(f"checkpoint {ckpt} has {len(report.problems)} problem(s), listed above")
     typer.echo(f"checkpoint {ckpt}: OK")
 
 
@@ -1003,13 +585,9 @@ def reconstruct(
     with staged_output(out, overwrite) as tmp:
         report = api.reconstruct(
             input, tmp, orbit_options(params), fit_options(params), preset, config, engine,
-            progress=not quiet, log=_logger(quiet), export_options=export_options(params),
+            progress=not quiet, log=logger(quiet), export_options=export_options(params),
         )  # fmt: skip
     print_outputs(out, report)
-
-
-def _logger(quiet: bool) -> Callable[[str], None]:
-    return (lambda _m: None) if quiet else (lambda m: typer.echo(m, err=True))
 
 
 def print_outputs(out: Path, report: dict[str, object]) -> None:
@@ -1043,7 +621,7 @@ def demo(
 
     exports = export_options(locals())
     with staged_output(out, overwrite) as tmp:
-        report = api.demo(tmp, device, progress=not quiet, log=_logger(quiet), export_options=exports)
+        report = api.demo(tmp, device, progress=not quiet, log=logger(quiet), export_options=exports)
     print_outputs(out, report)
 
 
@@ -1113,48 +691,6 @@ def run(
     out = real_out(out)
     typer.echo(f"video: {out / 'video' / 'orbit.mp4'}")
     print_outputs(out / "asset", outcome.report)
-
-
-def run_stages_of(params: dict[str, Any], video: Path | None = None) -> RunStages:
-    """The RunStages of `run`'s (or a batch row's) parameters; with `video`, reconstruct that only."""
-    gen_config = None if video is not None else generate_config(params)
-    return RunStages(
-        gen_config, orbit_options(params), fit_options(params, "fit_seed"), params["preset"],
-        params["config"], params["engine"], export_options(params), video,
-    )  # fmt: skip
-
-
-def run_folder(
-    out: Path,
-    stages: RunStages,
-    overwrite: bool,
-    quiet: bool,
-    inputs: dict[str, Path | None],
-    generate: Callable[[GenerateConfig], GenerateResult] | None = None,
-    say: Callable[[str], None] = typer.echo,
-) -> RunOutcome:
-    """`run`'s whole job for one run folder, resumable; `batch` calls it once per manifest row.
-
-    Checks the inputs, takes the folder's lock and runs the stages that are not up to date. `generate`
-    replaces the plain generation call (a batch worker passes one that keeps its pipeline loaded);
-    `say` receives the "up to date, skipped" lines.
-    """
-    from droplet3d.generate import validate as validate_generate
-
-    refuse_overlap(out, inputs)
-    if stages.generate is not None:
-        validate_generate(stages.generate)
-        if not Path(stages.generate.image).is_file():
-            raise CLIError(f"image {stages.generate.image} does not exist")
-    elif stages.video is None or not stages.video.exists():
-        raise CLIError(f"video {stages.video} does not exist")
-    out = real_out(out)
-    make_parent(out.parent)
-    with out_lock(out), terminate_as_exit():
-        check_run_out(out, overwrite)
-        out.mkdir(exist_ok=True)
-        remove_run_leftovers(out)
-        return run_stages(out, stages, quiet, generate, say)
 
 
 # --------------------------------------------------------------------------- batch
@@ -1228,259 +764,22 @@ def batch(
     summary.csv and the others go on; the exit code is 1 when any row failed. Re-running skips the
     rows that are done.
     """
-    import batch as batch_module
+    params = locals()
+    from runs.batch import EXIT_ROWS_FAILED, run_batch
+    from runs.manifest import RowOptions
 
-    failed = batch_module.run_batch(manifest, out, locals())
+    command = typer.main.get_command(app).commands["batch"]  # type: ignore[attr-defined]
+    failed = run_batch(manifest, out, params, RowOptions(command, GENERATION_OPTIONS))
     if failed:
-        raise typer.Exit(batch_module.EXIT_ROWS_FAILED)
+        raise typer.Exit(EXIT_ROWS_FAILED)
 
 
-# Generation settings that change no pixel of the frames. They stay out of the fingerprint, so changing
-# one does not redo a 5B-parameter generation: --fps only re-muxes orbit.mp4, the others are memory modes.
-# `compile` changes frames only within bf16 noise (40.8 dB compiled vs eager over 50 steps on an H100).
-NON_OUTPUT_GENERATE_SETTINGS = frozenset({"progress", "fps", "offload", "vae_tiling", "compile"})
-ASSET_FILES = ("report.json", "transforms.json", "mesh.glb", "mesh.ply", "mesh.obj", "preview.mp4")
-SPLATFACTO_ASSET_FILES = ("report.json", "transforms.json", "splats.ply")
-GLB_MAGIC = b"glTF"
-GLB_HEADER_BYTES = 12
-
-
-@dataclass
-class RunStages:
-    """What `run` does, and the fingerprint of each stage: only the settings that change its outputs."""
-
-    generate: GenerateConfig | None
-    """The generation; None for a reconstruct-only run (a batch row that names a video)."""
-    orbit: dict[str, object]
-    fit: dict[str, object]
-    preset: str | None
-    config: Path | None
-    engine: str
-    export: dict[str, object]
-    video: Path | None = None
-    """The orbit a reconstruct-only run reconstructs (video file, frames folder or generate folder)."""
-
-    def generate_key(self) -> str:
-        assert self.generate is not None, "a reconstruct-only run has no generate stage"
-        params = {k: v for k, v in vars(self.generate).items() if k not in NON_OUTPUT_GENERATE_SETTINGS}
-        params["image"] = hashlib.sha256(Path(self.generate.image).read_bytes()).hexdigest()
-        params["ckpt"] = str(Path(self.generate.ckpt).resolve())
-        params["device"] = device_key(self.generate.device)
-        if self.generate.segmenter is not None:  # the model's bytes, not its name, shape the mask
-            from droplet3d.segment import file_sha256, resolve_model_file
-
-            params["segmenter"] = file_sha256(resolve_model_file(self.generate.segmenter))
-        return fingerprint(params)
-
-    def reconstruct_key(self, video_dir: Path) -> str:
-        """`video_dir` is the generate stage's folder, or for a reconstruct-only run its `video`.
-
-        Of a generated orbit only frames/ counts (a re-mux at another --fps changes no frame); a given
-        orbit counts whole, since its generation.json or file name can carry the orbit's parameters.
-        """
-        config_text = self.config.read_text() if self.config is not None and self.config.is_file() else None
-        video = folder_digest(video_dir / "frames") if self.generate is not None else path_digest(video_dir)
-        return fingerprint(
-            {"orbit": self.orbit, "fit": {**self.fit, "device": device_key(str(self.fit.get("device")))},
-             "preset": self.preset, "config": config_text,
-             "engine": self.engine, "export": self.export, "video": video}
-        )  # fmt: skip
-
-
-@dataclass
-class RunOutcome:
-    """What `run_stages` did for one run folder."""
-
-    report: dict[str, object]
-    """The asset's report.json."""
-    seconds: dict[str, float] = field(default_factory=dict)
-    """Wall seconds of each stage that ran this time (a stage that was up to date is absent)."""
-
-
-def device_key(device: str) -> str:
-    """The device a --device value means here ("auto" and "cpu" are the same run on a CPU machine)."""
-    from droplet3d.errors import Droplet3DError
-    from droplet3d.generate import resolve_device
-
-    try:
-        return str(resolve_device(device))
-    except Droplet3DError:  # not resolvable here: the stage itself will say so
-        return device
-
-
-def file_problem(path: Path) -> str | None:
-    """Why `path` is not a usable output (missing, empty, or does not parse), or None if it is."""
-    if not path.is_file() or path.stat().st_size == 0:
-        return f"{path.name} is missing or empty"
-    suffix = path.suffix.lower()
-    try:
-        if suffix == ".json":
-            if not isinstance(json.loads(path.read_text()), dict):
-                return f"{path.name} is not a JSON object"
-        elif suffix == ".ply":
-            with path.open("rb") as handle:
-                header = handle.read(4096)
-            if not header.startswith(b"ply") or b"end_header" not in header:
-                return f"{path.name} is not a PLY file"
-        elif suffix == ".glb":
-            header = path.read_bytes()[:GLB_HEADER_BYTES]
-            declared = int.from_bytes(header[8:12], "little") if len(header) == GLB_HEADER_BYTES else -1
-            if not header.startswith(GLB_MAGIC) or declared != path.stat().st_size:
-                return f"{path.name} is not a complete glTF binary"
-        elif suffix == ".obj":
-            if not any(line.startswith("v ") for line in path.read_text(errors="replace").splitlines()):
-                return f"{path.name} holds no vertices"
-        elif suffix == ".png":
-            from PIL import Image
-
-            with Image.open(path) as image:
-                image.load()
-        elif suffix == ".mp4":
-            import imageio.v3 as iio
-
-            iio.improps(path)
-    except Exception as exc:  # any decoder error means: redo the stage
-        return f"{path.name} does not parse ({type(exc).__name__})"
-    return None
-
-
-def generate_outputs_problem(video_dir: Path, config: GenerateConfig) -> str | None:
-    """Why a finished generate stage's outputs cannot be trusted, or None."""
-    names = ["generation.json", "orbit.mp4", "conditioning.png"]
-    names += ["aligned_input.png"] if config.view_align else []
-    for name in names:
-        problem = file_problem(video_dir / name)
-        if problem:
-            return problem
-    record = json.loads((video_dir / "generation.json").read_text())
-    frames = sorted((video_dir / "frames").glob("*.png")) if (video_dir / "frames").is_dir() else []
-    if record.get("frames") != config.frames or len(frames) != config.frames:
-        return f"{len(frames)} of {config.frames} frames in frames/"
-    for frame in frames:
-        problem = file_problem(frame)
-        if problem:
-            return problem
-    return None
-
-
-def asset_outputs_problem(asset_dir: Path, engine: str) -> str | None:
-    """Why a finished reconstruct stage's outputs cannot be trusted, or None."""
-    for name in SPLATFACTO_ASSET_FILES if engine == "splatfacto" else ASSET_FILES:
-        problem = file_problem(asset_dir / name)
-        if problem:
-            return problem
-    listed = json.loads((asset_dir / "report.json").read_text()).get("files", {})
-    for name in listed_files(listed):  # the splat file (its name follows --splat-format), texture, mtl
-        problem = file_problem(asset_dir / name)
-        if problem:
-            return problem
-    transforms = json.loads((asset_dir / "transforms.json").read_text())
-    for frame in transforms.get("frames", []):
-        problem = file_problem(asset_dir / str(frame.get("file_path", "")))
-        if problem:
-            return problem
-    return None
-
-
-def listed_files(files: object) -> list[str]:
-    """Every file name in report.json's (nested) "files" record."""
-    if isinstance(files, str):
-        return [files]
-    if isinstance(files, dict):
-        return [name for value in files.values() for name in listed_files(value)]
-    if isinstance(files, list):
-        return [name for value in files for name in listed_files(value)]
-    return []
-
-
-def remux_orbit(video_dir: Path, fps: int) -> None:
-    """Rewrite orbit.mp4 from frames/ at another frame rate (the frames themselves are unchanged)."""
-    import imageio.v3 as iio
-
-    from droplet3d.generate import write_orbit_video
-
-    frames = [iio.imread(p) for p in sorted((video_dir / "frames").glob("*.png"))]
-    tmp = video_dir / f".orbit{STAGING_INFIX}{os.getpid()}.mp4"
-    try:
-        write_orbit_video(frames, tmp, fps)
-        tmp.replace(video_dir / "orbit.mp4")
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def orbit_fps(video: Path) -> float | None:
-    import imageio.v3 as iio
-
-    try:
-        return float(iio.immeta(video)["fps"])
-    except Exception:  # unknown frame rate: re-mux to be sure
-        return None
-
-
-def run_stages(
-    out: Path,
-    stages: RunStages,
-    quiet: bool,
-    generate: Callable[[GenerateConfig], GenerateResult] | None = None,
-    say: Callable[[str], None] = typer.echo,
-) -> RunOutcome:
-    """`run`'s two stages, each skipped only when its fingerprint matches and its outputs parse.
-
-    Call with the run's lock held. A reconstruct-only run (`stages.generate` is None) reconstructs
-    `stages.video` and has no video/ folder.
-    """
-    import droplet3d.generate
-    from recon import api
-
-    video_dir, asset_dir = out / "video", out / "asset"
-    state = RunState.load(out)
-    log = _logger(quiet)
-    seconds: dict[str, float] = {}
-    gen = stages.generate
-    if gen is None:
-        assert stages.video is not None, "a reconstruct-only run names its video"
-        video_dir = stages.video
-    else:
-        gen_key = stages.generate_key()
-        problem = (
-            generate_outputs_problem(video_dir, gen) if state.stages.get("generate") == gen_key else "changed"
-        )
-        if problem is None:
-            say(f"generate: up to date in {video_dir}, skipped")
-            if orbit_fps(video_dir / "orbit.mp4") != gen.fps:
-                remux_orbit(video_dir, gen.fps)
-        else:
-            if problem != "changed":
-                log(f"generate: {problem}; generating again")
-            state.forget("generate")
-            start = time.perf_counter()
-            with staged_output(video_dir, True, generate_output_bytes(gen), lock=False) as tmp:
-                # Looked up at call time, so a test's stand-in for droplet3d.generate.generate is used.
-                result = generate(gen) if generate else droplet3d.generate.generate(gen, warn=warn)
-                droplet3d.generate.write_outputs(result, tmp, fps=gen.fps, progress=not quiet)
-            state.mark("generate", gen_key)
-            seconds["generate"] = time.perf_counter() - start
-
-    recon_key = stages.reconstruct_key(video_dir)
-    problem = (
-        asset_outputs_problem(asset_dir, stages.engine) if state.stages.get("reconstruct") == recon_key
-        else "changed"
-    )  # fmt: skip
-    if problem is None:
-        say(f"reconstruct: up to date in {asset_dir}, skipped")
-        return RunOutcome(json.loads((asset_dir / "report.json").read_text()), seconds)
-    if problem != "changed":
-        log(f"reconstruct: {problem}; reconstructing again")
-    state.forget("reconstruct")
-    start = time.perf_counter()
-    with staged_output(asset_dir, True, lock=False) as tmp:
-        report = api.reconstruct(
-            video_dir, tmp, stages.orbit, stages.fit, stages.preset, stages.config, stages.engine,
-            progress=not quiet, log=log, export_options=stages.export,
-        )  # fmt: skip
-    state.mark("reconstruct", recon_key)
-    seconds["reconstruct"] = time.perf_counter() - start
-    return RunOutcome(report, seconds)
+# Options only generation reads: a batch row with a video that sets one is refused.
+GENERATION_OPTIONS = frozenset(
+    {name for name, option in OPTIONS.items() if option.rich_help_panel in (GENERATION_PANEL, PREPARE_PANEL)}
+    - {"batch_ckpt"}
+    | {"ckpt"}
+)
 
 
 def main() -> None:

@@ -17,8 +17,8 @@ from safetensors.torch import load_file
 from torch import nn
 from transformers import T5EncoderModel, T5Tokenizer
 
-from droplet3d.checkpoint import read_json, weight_files
 from droplet3d.errors import Droplet3DError
+from droplet3d.release_files import read_json, weight_files
 from droplet3d.transformer import Droplet3DTransformer3DModel
 from droplet3d.vae import normalize_vae_config, use_reference_encode_batching
 

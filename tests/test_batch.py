@@ -25,7 +25,7 @@ from conftest import USER_PROMPT, assert_user_error
 from recon_helpers import orbit_frames, write_video
 from typer.testing import CliRunner
 
-import batch
+import runs.batch as batch
 from cli import app
 
 runner = CliRunner()

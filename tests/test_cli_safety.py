@@ -17,7 +17,10 @@ from recon_helpers import orbit_frames
 from typer.testing import CliRunner
 
 import cli
+import runs.output
+import runs.stages
 from cli import app
+from runs.stages import RunOutcome
 
 runner = CliRunner()
 FRAME_COUNT = 8
@@ -89,7 +92,7 @@ def test_generate_refuses_an_out_holding_its_image_or_checkpoint(
 
 def test_a_second_writer_is_refused_while_the_lock_is_held(frames_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "poses"
-    with cli.out_lock(out):
+    with runs.output.out_lock(out):
         assert_user_error(poses(frames_dir, out), out, "another droplet3d process")
     assert poses(frames_dir, out).exit_code == 0  # released
     assert not list(tmp_path.glob(".poses.lock")), "the lock file is removed on release"
@@ -148,7 +151,7 @@ def test_out_symlink_to_a_file_or_a_loop_is_a_clean_error(frames_dir: Path, tmp_
 
 def test_sigterm_removes_the_staging_folder(tmp_path: Path) -> None:
     out = tmp_path / "out"
-    with pytest.raises(SystemExit), cli.staged_output(out, overwrite=False) as tmp:
+    with pytest.raises(SystemExit), runs.output.staged_output(out, overwrite=False) as tmp:
         (tmp / "half.bin").write_bytes(b"x")
         os.kill(os.getpid(), signal.SIGTERM)
     assert not out.exists() and not list(tmp_path.glob(".out.*"))
@@ -172,7 +175,7 @@ def test_a_run_folder_holding_only_leftovers_resumes(
     (out / ".asset.partial-killed" / "images").mkdir(parents=True)
     (out / ".video.partial-killed").mkdir()
     stages: list[Path] = []
-    monkeypatch.setattr(cli, "run_stages", lambda out, *a, **k: stages.append(out) or cli.RunOutcome({}))
+    monkeypatch.setattr(runs.stages, "run_stages", lambda out, *a, **k: stages.append(out) or RunOutcome({}))
     args = ["run", "--ckpt", str(tiny_ckpt), "--image", str(reference_dir / "ref_image.png"),
             "--prompt", USER_PROMPT, "--out", str(out)]  # fmt: skip
     result = runner.invoke(app, args)
@@ -199,7 +202,7 @@ def test_no_free_space_is_found_before_the_slow_work(
 
     usage = namedtuple("usage", "total used free")
     monkeypatch.setattr(droplet3d.generate, "generate", never)
-    monkeypatch.setattr(cli.shutil, "disk_usage", lambda _p: usage(10**9, 10**9, 1024))
+    monkeypatch.setattr(runs.output.shutil, "disk_usage", lambda _p: usage(10**9, 10**9, 1024))
     out = tmp_path / "out"
     args = ["generate", "--ckpt", str(tiny_ckpt), "--image", str(reference_dir / "ref_image.png"),
             "--prompt", USER_PROMPT, "--out", str(out), "--device", "cpu"]  # fmt: skip

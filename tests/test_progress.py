@@ -9,17 +9,17 @@ from conftest import USER_PROMPT
 from tqdm.auto import tqdm
 from typer.testing import CliRunner
 
-import cli
+import runs.progress
 from cli import app
 
 runner = CliRunner()
 STEPS = 1000
-MOST_LINES = 100 // cli.PROGRESS_LINE_PERCENT + 1  # 0%, 5%, ..., 100%
+MOST_LINES = 100 // runs.progress.PROGRESS_LINE_PERCENT + 1  # 0%, 5%, ..., 100%
 
 
 def test_a_piped_bar_prints_a_line_per_step() -> None:
     log = io.StringIO()
-    with cli.progress_lines_when_piped():
+    with runs.progress.progress_lines_when_piped():
         for _ in tqdm(range(STEPS), file=log, mininterval=0, desc="fit", leave=False):
             pass
     text = log.getvalue()
@@ -39,7 +39,7 @@ def test_a_terminal_keeps_the_live_bar_and_the_patch_is_undone() -> None:
 
     before = std.tqdm.display
     screen = FakeTerminal()
-    with cli.progress_lines_when_piped():
+    with runs.progress.progress_lines_when_piped():
         for _ in tqdm(range(10), file=screen, mininterval=0):
             pass
     assert "\r" in screen.getvalue()

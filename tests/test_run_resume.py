@@ -20,8 +20,8 @@ from conftest import USER_PROMPT
 from PIL import Image
 from typer.testing import CliRunner
 
-import cli
 from cli import app
+from runs.stages import RunStages
 
 runner = CliRunner()
 FRAMES = 9
@@ -174,10 +174,10 @@ def _config(tmp_path: Path, **changes: Any) -> Any:
     return dataclasses.replace(base, **changes)
 
 
-def _stages(generate: Any, **changes: Any) -> cli.RunStages:
+def _stages(generate: Any, **changes: Any) -> RunStages:
     fields = {"orbit": {"elevation": None}, "fit": {"iterations": None}, "preset": None, "config": None,
               "engine": "gsplat", "export": {"faces": None}, **changes}  # fmt: skip
-    return cli.RunStages(generate=generate, **fields)
+    return RunStages(generate=generate, **fields)
 
 
 OUTPUT_CHANGES = {

@@ -1,14 +1,15 @@
 """`droplet3d batch`: many images or orbits to assets, one `run` folder per manifest row.
 
-The command (options, help) lives in cli.py with the others; this module reads the manifest, turns each
-row into `run`'s stages with the same option registry and bounds, and runs the rows on a backend:
+The command (options, help) lives in cli.py with the others; `runs.manifest` reads the manifest and
+turns each row into `run`'s stages with the same option registry and bounds; this module runs the rows
+on a backend:
 
 - local: one after another in this process (a GPU is busy with one generation at a time anyway);
 - ray: each row a task on a Ray cluster, in actors that keep the video model loaded between rows.
 
-Every row goes through `cli.run_folder`, so a row is resumable exactly as `run` is, and re-running a
-batch skips what is done. A row's failure is recorded and the others go on; batch.json and summary.csv
-are rewritten after every row, so a killed batch leaves an honest record too.
+Every row goes through `runs.stages.run_folder`, so a row is resumable exactly as `run` is, and
+re-running a batch skips what is done. A row's failure is recorded and the others go on; batch.json and
+summary.csv are rewritten after every row, so a killed batch leaves an honest record too.
 """
 
 from __future__ import annotations
@@ -20,7 +21,6 @@ import gc
 import json
 import math
 import os
-import re
 import shutil
 import signal
 import socket
@@ -36,23 +36,28 @@ from typing import Any
 
 import typer
 
-import cli
-
-BATCH_STATE = "batch.json"
-SUMMARY = "summary.csv"
-EXIT_ROWS_FAILED = 1  # 2 stays "the command line or the manifest is wrong"; 1 is "some rows failed"
-MANIFEST_KINDS = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl"}
-# A row's id names its folder: one path component, no hidden names (ours start with a dot).
-ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
-RESERVED_IDS = frozenset({BATCH_STATE, SUMMARY})
-# The row's own fields; any other column is an option of `batch`, set for that row only.
-ROW_FIELDS = ("id", "image", "prompt", "prompt_file", "video")
-# Options that belong to the batch as a whole (where and how it runs), never to one row.
-BATCH_ONLY_OPTIONS = frozenset(
-    {"manifest", "out", "overwrite", "quiet", "backend", "address", "gpus_per_row", "cpus_per_row"}
+from runs.errors import UsageError, warn
+from runs.manifest import (
+    BATCH_STATE,
+    SUMMARY,
+    RowError,
+    RowJob,
+    RowOptions,
+    RowPlanner,
+    read_manifest,
 )
-# Paths in a row, relative to the manifest's folder.
-ROW_PATHS = frozenset({"image", "prompt_file", "video", "ckpt", "config"})
+from runs.output import (
+    STAGING_INFIX,
+    make_parent,
+    out_lock,
+    real_out,
+    refuse_overlap,
+    terminate_as_exit,
+    user_entries,
+)
+from runs.stages import run_folder
+
+EXIT_ROWS_FAILED = 1  # 2 stays "the command line or the manifest is wrong"; 1 is "some rows failed"
 MAX_ERROR_CHARS = 300  # summary.csv holds one readable line per row; batch.json keeps a crash's traceback
 BACKENDS = ("local", "ray")
 # How long Ray may take to start the row workers (imports, a node joining) before we say why not.
@@ -60,100 +65,10 @@ RAY_WORKER_START_TIMEOUT_S = 600.0
 RAY_HINT = "pip install 'droplet3d[ray]'"
 
 DONE, UP_TO_DATE, FAILED, PENDING = "done", "up to date", "failed", "pending"
-GENERATE, RECONSTRUCT = "generate", "reconstruct"
 SUMMARY_COLUMNS = (
     "row", "id", "kind", "status", "error", "seconds", "generate_s", "reconstruct_s", "psnr", "ssim",
     "gaussians", "faces",
 )  # fmt: skip
-
-
-# --------------------------------------------------------------------------- the manifest
-@dataclass
-class ManifestRow:
-    """One row of the manifest as written."""
-
-    number: int
-    """1-based position among the rows (a JSONL line number, or a CSV record after the header)."""
-    values: dict[str, str]
-    """Column -> text; empty cells are left out (not given)."""
-    problem: str | None = None
-    """Why the row could not even be read (bad JSON), or None."""
-
-
-def read_manifest(path: Path) -> list[ManifestRow]:
-    """The rows of a CSV (with a header) or JSONL manifest; an unreadable file is a one-line error."""
-    kind = MANIFEST_KINDS.get(path.suffix.lower())
-    if kind is None:
-        raise cli.CLIError(f"manifest {path} must be .csv or .jsonl, got {path.suffix or 'no suffix'}")
-    try:
-        text = path.read_text(encoding="utf-8-sig")  # -sig: a spreadsheet's byte-order mark is no column
-    except (OSError, UnicodeDecodeError) as exc:
-        raise cli.CLIError(f"cannot read manifest {path}: {exc}") from exc
-    rows = read_csv(text, path) if kind == "csv" else read_jsonl(text)
-    if not rows:
-        raise cli.CLIError(f"manifest {path} has no rows")
-    return rows
-
-
-def read_csv(text: str, path: Path) -> list[ManifestRow]:
-    reader = csv.DictReader(text.splitlines())
-    if reader.fieldnames is None or "id" not in [name.strip() for name in reader.fieldnames]:
-        raise cli.CLIError(f"manifest {path} needs a header row with an id column")
-    rows = []
-    for number, record in enumerate(reader, start=1):
-        if not any((value or "").strip() for value in record.values() if isinstance(value, str)):
-            continue  # a blank line in a spreadsheet export
-        extra = record.pop(None, None)  # type: ignore[call-overload]
-        values = {key.strip(): value.strip() for key, value in record.items() if value and value.strip()}
-        problem = f"{len(extra)} more cells than the header has columns" if extra else None
-        rows.append(ManifestRow(number, values, problem))
-    return rows
-
-
-def read_jsonl(text: str) -> list[ManifestRow]:
-    rows = []
-    for number, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            data = json.loads(line)
-        except ValueError as exc:
-            rows.append(ManifestRow(number, {}, f"line {number} is not JSON ({exc.msg})"))
-            continue
-        if not isinstance(data, dict):
-            rows.append(ManifestRow(number, {}, f"line {number} is not a JSON object"))
-            continue
-        values, problem = {}, None
-        for key, value in data.items():
-            if value is None:
-                continue
-            if isinstance(value, (dict, list)):
-                problem = f"{key} must be a single value, got {type(value).__name__}"
-            # Text, as a CSV cell would be, so both formats go through the command line's parsing.
-            values[str(key)] = json.dumps(value) if isinstance(value, bool) else str(value)
-        rows.append(ManifestRow(number, values, problem))
-    return rows
-
-
-# --------------------------------------------------------------------------- rows -> jobs
-@dataclass
-class RowJob:
-    """One row, checked and ready to run: sent as is to a Ray worker, so plain data only."""
-
-    number: int
-    """The row's position in the manifest."""
-    id: str
-    """The row's id, its folder's name."""
-    kind: str
-    """generate (image + prompt -> video -> asset) or reconstruct (a given orbit -> asset)."""
-    out: Path
-    """The row's run folder, DIR/ID."""
-    stages: cli.RunStages
-    """What `run` does for this row."""
-    inputs: dict[str, Path | None]
-    """The row's input files, which its folder must not overlap."""
-    overwrite: bool
-    """Replace a row folder that is not a run folder."""
 
 
 @dataclass
@@ -195,114 +110,6 @@ class RowResult:
         if self.seconds is not None:
             fields["seconds"] = round(self.seconds, 2)
         return {name: fields.get(name) for name in SUMMARY_COLUMNS}
-
-
-class RowError(Exception):
-    """Why a row cannot run, found before running it."""
-
-
-@dataclass
-class RowPlanner:
-    """Turns manifest rows into jobs with the batch command's own options, bounds and checks.
-
-    A row's extra columns are options of `batch` (named as the parameter, fit_seed, or as the flag,
-    fit-seed), parsed by the same click parameters as the command line, so a row cannot set what the
-    command line could not.
-    """
-
-    shared: dict[str, Any]
-    """The batch command's parameter values: every row's defaults."""
-    base: Path
-    """The manifest's folder: relative paths in rows start there."""
-    out: Path
-    """The batch folder."""
-    seen: set[str] = field(default_factory=set)
-    """Ids planned so far (an id may appear once)."""
-
-    def plan(self, row: ManifestRow) -> RowJob:
-        if row.problem:
-            raise RowError(row.problem)
-        row_id = row.values.get("id", "")
-        if not ID_PATTERN.fullmatch(row_id) or row_id in RESERVED_IDS:
-            raise RowError(
-                f"id {row_id!r} must be 1-128 letters, digits, '.', '_' or '-', starting with a letter or "
-                f"digit (it names the row's folder)"
-            )
-        if row_id in self.seen:
-            raise RowError(f"id {row_id!r} appears more than once")
-        self.seen.add(row_id)
-        values = {key.replace("-", "_"): value for key, value in row.values.items()}
-        has_image, has_video = "image" in values, "video" in values
-        if has_image == has_video:
-            raise RowError("give either image (with prompt or prompt_file) or video")
-        options = self.options(values, generating=has_image)
-        params = {**self.shared, **options, "quiet": True}  # the batch draws one bar over the rows
-        out = self.out / row_id
-        if has_video:
-            video = self.path(values["video"])
-            stages = cli.run_stages_of(params, video=video)
-            inputs = {"video": video, "config file": params["config"]}
-            return RowJob(row.number, row_id, RECONSTRUCT, out, stages, inputs, params["overwrite"])
-        if params["ckpt"] is None:
-            raise RowError("this row generates from an image: give --ckpt")
-        params["image"] = self.path(values["image"])
-        params["prompt"] = values.get("prompt")
-        params["prompt_file"] = self.path(values["prompt_file"]) if "prompt_file" in values else None
-        try:
-            stages = cli.run_stages_of(params)  # reads the prompt file
-        except cli.CLIError as exc:
-            message = str(exc).replace("--prompt-file", "prompt_file").replace("--prompt", "prompt")
-            raise RowError(message) from exc
-        inputs = {
-            "image": params["image"], "checkpoint": params["ckpt"], "prompt file": params["prompt_file"],
-            "config file": params["config"], "segmenter": params["segmenter"],
-        }  # fmt: skip
-        return RowJob(row.number, row_id, GENERATE, out, stages, inputs, params["overwrite"])
-
-    def options(self, values: dict[str, str], generating: bool) -> dict[str, Any]:
-        """The row's option columns, parsed and bounded as on the command line."""
-        command = batch_command()
-        params = {param.name: param for param in command.params}
-        context = command.context_class(command)
-        parsed: dict[str, Any] = {}
-        for key, text in values.items():
-            if key in ROW_FIELDS:
-                continue
-            if key not in params or key in BATCH_ONLY_OPTIONS:
-                raise RowError(f"column {key!r} is not an option a row can set (see droplet3d batch --help)")
-            if not generating and key in GENERATION_OPTIONS:
-                raise RowError(f"column {key!r} is a generation option, and this row has a video")
-            if key in ROW_PATHS:
-                parsed[key] = self.path(text)
-                continue
-            try:
-                parsed[key] = params[key].process_value(context, text)
-            except cli.CLICK_EXCEPTION as exc:
-                raise RowError(f"{key}={text!r}: {exc.format_message()}") from exc
-        return parsed
-
-    def path(self, text: str) -> Path:
-        path = Path(text).expanduser()
-        return path if path.is_absolute() else self.base / path
-
-
-def batch_command() -> Any:
-    """The click command of `droplet3d batch` (its parameters parse a row's option columns)."""
-    import typer.main
-
-    return typer.main.get_command(cli.app).commands["batch"]  # type: ignore[attr-defined]
-
-
-# Options that only generation reads; a row with a video setting one is a mistake worth saying.
-GENERATION_OPTIONS = frozenset(
-    {
-        name
-        for name, option in cli.OPTIONS.items()
-        if option.rich_help_panel in (cli.GENERATION_PANEL, cli.PREPARE_PANEL)
-    }
-    - {"batch_ckpt"}
-    | {"ckpt"}
-)
 
 
 # --------------------------------------------------------------------------- running one row
@@ -348,11 +155,11 @@ class RowWorker:
         result = RowResult(job.number, job.id, job.kind, worker=self.where())
         start = time.perf_counter()
         try:
-            outcome = cli.run_folder(
+            outcome = run_folder(
                 job.out, job.stages, job.overwrite, True, job.inputs, self.generator(result.warnings),
                 say=lambda _message: None,
             )  # fmt: skip
-        except (cli.CLIError, Droplet3DError, ReconError) as exc:
+        except (UsageError, Droplet3DError, ReconError) as exc:
             result.status, result.error = FAILED, one_line(str(exc))
         except OSError as exc:
             where = f" ({exc.filename})" if exc.filename else ""
@@ -453,7 +260,7 @@ def now() -> str:
 
 
 def write_atomically(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}{cli.STAGING_INFIX}{os.getpid()}")
+    tmp = path.with_name(f".{path.name}{STAGING_INFIX}{os.getpid()}")
     tmp.write_text(text)
     tmp.replace(path)
 
@@ -464,10 +271,10 @@ def check_batch_out(out: Path, overwrite: bool) -> None:
     Call with the batch folder's lock held: the replacing happens here.
     """
     if out.exists() and not out.is_dir():
-        raise cli.CLIError(f"--out {out} exists and is not a folder")
-    if out.is_dir() and cli.user_entries(out) and not (out / BATCH_STATE).is_file():
+        raise UsageError(f"--out {out} exists and is not a folder")
+    if out.is_dir() and user_entries(out) and not (out / BATCH_STATE).is_file():
         if not overwrite:
-            raise cli.CLIError(
+            raise UsageError(
                 f"--out {out} is not empty and holds no {BATCH_STATE}; pass --overwrite to replace it"
             )
         shutil.rmtree(out)
@@ -488,23 +295,27 @@ class Backend:
     """Ray: CPU cores per row."""
 
 
-def run_batch(manifest: Path, out: Path, params: dict[str, Any]) -> int:
-    """Run every row of `manifest` into `out`/ID; returns how many rows failed."""
+def run_batch(manifest: Path, out: Path, params: dict[str, Any], rows_options: RowOptions) -> int:
+    """Run every row of `manifest` into `out`/ID; returns how many rows failed.
+
+    `params` are the batch command's parameter values (every row's defaults), `rows_options` how a row's
+    own option columns are parsed.
+    """
     backend = Backend(params["backend"], params["address"], params["gpus_per_row"], params["cpus_per_row"])
     if backend.name not in BACKENDS:
-        raise cli.CLIError(f"--backend must be one of {', '.join(BACKENDS)}, got {backend.name!r}")
+        raise UsageError(f"--backend must be one of {', '.join(BACKENDS)}, got {backend.name!r}")
     if backend.name == "local" and params["gpus_per_row"] is not None:
-        cli.warn("--gpus-per-row applies to --backend ray; the local backend runs rows one at a time")
+        warn("--gpus-per-row applies to --backend ray; the local backend runs rows one at a time")
     if not manifest.is_file():
-        raise cli.CLIError(f"manifest {manifest} does not exist")
+        raise UsageError(f"manifest {manifest} does not exist")
     rows = read_manifest(manifest)
-    cli.refuse_overlap(out, {"manifest": manifest, "config file": params["config"]})
-    out = cli.real_out(out)
-    cli.make_parent(out.parent)
-    with cli.out_lock(out), cli.terminate_as_exit():
+    refuse_overlap(out, {"manifest": manifest, "config file": params["config"]})
+    out = real_out(out)
+    make_parent(out.parent)
+    with out_lock(out), terminate_as_exit():
         check_batch_out(out, params["overwrite"])
         out.mkdir(exist_ok=True)
-        planner = RowPlanner(params, manifest.resolve().parent, out)
+        planner = RowPlanner(rows_options, params, manifest.resolve().parent, out)
         jobs, results = [], []
         for row in rows:
             try:
@@ -569,7 +380,7 @@ def import_ray() -> Any:
     try:
         import ray
     except ImportError as exc:
-        raise cli.CLIError(f"--backend ray needs Ray: {RAY_HINT}") from exc
+        raise UsageError(f"--backend ray needs Ray: {RAY_HINT}") from exc
     return ray
 
 
@@ -591,7 +402,7 @@ def ray_session(address: str) -> Iterator[Any]:
     try:
         ray.init(address=address, include_dashboard=False, logging_level=logging.WARNING)
     except (ConnectionError, ValueError, RuntimeError) as exc:
-        raise cli.CLIError(f"cannot connect to Ray at --address {address}: {one_line(str(exc))}") from exc
+        raise UsageError(f"cannot connect to Ray at --address {address}: {one_line(str(exc))}") from exc
     try:
         yield ray
     finally:
@@ -611,7 +422,7 @@ def row_slots(ray: Any, backend: Backend) -> tuple[int, float]:
                 node.get("GPU", 0) / gpus if gpus else math.inf]  # fmt: skip
         slots += int(min(fits)) if min(fits) != math.inf else 1
     if slots == 0:
-        raise cli.CLIError(
+        raise UsageError(
             f"no Ray node offers {backend.cpus_per_row:g} CPUs and {gpus:g} GPUs for a row; lower "
             f"--cpus-per-row or --gpus-per-row"
         )
@@ -663,7 +474,7 @@ def ray_result(ray: Any, ref: Any, job: RowJob) -> RowResult:
 
 def check_workers_write(ray: Any, actors: list[Any], out: Path) -> None:
     """Refuse (one line) when a worker does not see the batch folder as shared, writable storage."""
-    probe = out / f".probe{cli.STAGING_INFIX}{uuid.uuid4().hex}"  # scratch: a killed batch's is removed
+    probe = out / f".probe{STAGING_INFIX}{uuid.uuid4().hex}"  # scratch: a killed batch's is removed
     probe.write_text("the batch's own folder")
     try:
         refs = [actor.check_out.remote(str(out), probe.name) for actor in actors]
@@ -671,13 +482,13 @@ def check_workers_write(ray: Any, actors: list[Any], out: Path) -> None:
         try:
             problems = ray.get(refs, timeout=RAY_WORKER_START_TIMEOUT_S)
         except ray.exceptions.GetTimeoutError as exc:
-            raise cli.CLIError(
+            raise UsageError(
                 f"the Ray workers did not start within {RAY_WORKER_START_TIMEOUT_S:.0f} s; check the "
                 f"cluster (`ray status`)"
             ) from exc
         for problem, host in zip(problems, ray.get(where), strict=True):
             if problem:
-                raise cli.CLIError(
+                raise UsageError(
                     f"a Ray worker on {host.split(':')[0]} cannot use --out: {problem}; on a cluster --out "
                     f"must be shared storage mounted at the same path on every node"
                 )

@@ -1,0 +1,85 @@
+"""A command's parameter values -> each stage's options, and the prompt.
+
+The commands of `cli` hand their parameters here by name; each helper picks the names its stage reads
+(None means "not given": the preset, generation.json or config file decides).
+"""
+
+from __future__ import annotations
+
+from dataclasses import fields as dataclass_fields
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from runs.errors import UsageError
+from runs.output import MIN_FREE_BYTES
+
+if TYPE_CHECKING:
+    from droplet3d.generate import GenerateConfig
+
+EXPORT_NAMES = ("faces", "texture_size", "vertex_colors", "splat_format")
+ORBIT_NAMES = ("elevation", "radius", "fov", "start_azimuth", "direction", "full_turn")
+# The input-preparation options: every command that generates (generate, run, batch) takes all of them.
+PREPARE_NAMES = ("background", "remove_background", "segmenter", "recentre", "fill")
+
+
+def orbit_options(params: dict[str, Any]) -> dict[str, object]:
+    """The orbit options of a command's parameters (None = take the preset / generation.json / config),
+    with --orbit and --refine as "mode" and "refine" (`recon.orbit_mode`)."""
+    return {**{name: params[name] for name in ORBIT_NAMES}, "mode": params["orbit_mode"],
+            "refine": params["refine"]}  # fmt: skip
+
+
+def export_options(params: dict[str, Any]) -> dict[str, object]:
+    """The export options of a command's parameters (None = take the config file's or the default)."""
+    return {name: params[name] for name in EXPORT_NAMES}
+
+
+def fit_options(params: dict[str, Any], seed_name: str = "seed") -> dict[str, object]:
+    """The fitting options of a command's parameters (None = take the preset / config value)."""
+    return {
+        "iterations": params["iterations"], "device": params["device"], "sh_degree": params["sh_degree"],
+        "resolution": params["resolution"], "seed": params[seed_name],
+    }  # fmt: skip
+
+
+def generate_config(params: dict[str, object]) -> GenerateConfig:
+    """The GenerateConfig of a command's parameters (those named like its fields)."""
+    from droplet3d.generate import GenerateConfig  # noqa: F811 - imported lazily: torch is slow to import
+
+    names = {f.name for f in dataclass_fields(GenerateConfig)} - {"prompt", "progress"}
+    return GenerateConfig(
+        prompt=read_prompt(params["prompt"], params["prompt_file"]),  # type: ignore[arg-type]
+        progress=not params["quiet"],
+        **{k: v for k, v in params.items() if k in names},  # type: ignore[arg-type]
+    )
+
+
+OUTPUT_BYTES_PER_PIXEL = 4
+
+
+def generate_output_bytes(config: GenerateConfig) -> int:
+    """Disk space `generate` needs for its outputs, checked before the slow work starts."""
+    return MIN_FREE_BYTES + config.frames * config.height * config.width * OUTPUT_BYTES_PER_PIXEL
+
+
+MAX_TEXT_TOKENS = 450  # = droplet3d.pipeline.MAX_TEXT_TOKENS (that module imports torch)
+# A prompt file is read whole and recorded in generation.json; 450 T5 tokens are about 2-3 KB of English.
+MAX_PROMPT_FILE_BYTES = 64 * 1024
+
+
+def read_prompt(prompt: str | None, prompt_file: Path | None) -> str:
+    """Exactly one of --prompt / --prompt-file."""
+    if (prompt is None) == (prompt_file is None):
+        raise UsageError("give exactly one of --prompt or --prompt-file")
+    if prompt_file is not None:
+        try:
+            if prompt_file.stat().st_size > MAX_PROMPT_FILE_BYTES:
+                raise UsageError(
+                    f"--prompt-file {prompt_file} is {prompt_file.stat().st_size / 1024:.0f} KB; the text "
+                    f"encoder reads {MAX_TEXT_TOKENS} tokens (a few KB), so at most "
+                    f"{MAX_PROMPT_FILE_BYTES // 1024} KB are accepted"
+                )
+            return prompt_file.read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise UsageError(f"cannot read --prompt-file {prompt_file}: {exc}") from exc
+    return prompt or ""
