@@ -1,43 +1,60 @@
 """The `droplet3d` command: one Typer app whose subcommands chain the three stages.
 
-Only this module knows about both stage packages (`droplet3d` for generation, `recon` for poses,
-fitting and export); they never import each other. Every subcommand follows the same contract:
+Each command is declared by the option groups it takes (`runs.options`: every option defined once, with
+its default, bounds and help) and receives one typed instance of each; its body is one call into the
+layers below (`runs` for what spans both stages, `droplet3d` and `recon` for the stages). Every command
+follows the same contract:
 
-- every option is defined once (OPTIONS) with its bounds, and everything is validated before the slow
-  work; bad input is one `error:` line on stderr with exit code 2, never a traceback;
+- everything is validated before the slow work; bad input is one `error:` line on stderr with exit code
+  2, never a traceback;
 - outputs are assembled in a staging folder beside --out and moved into place only once complete
-  (removed on failure, Ctrl-C or SIGTERM, and by the next run if the process was killed);
+  (`runs.output`: removed on failure, Ctrl-C or SIGTERM, and by the next run if the process was killed);
 - --out never overlaps an input, is locked against a second writer, is re-checked at the moment of
   replacing, is written through when it is a symlink, and gets umask permissions.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import inspect
 import math
 import os
 import sys
+import typing
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
+from typing import Any, ParamSpec, TypeVar
 
 import typer
 from typer.core import TyperGroup
 
 from runs.errors import CLICK_EXCEPTION, USAGE_ERROR, UsageError, warn
-from runs.output import check_out_dir, real_out, refuse_overlap, staged_output
-from runs.params import (
-    export_options,
-    fit_options,
-    generate_config,
-    generate_output_bytes,
-    orbit_options,
+from runs.options import (
+    GENERATION_ONLY,
+    Backend,
+    BatchFolders,
+    BatchInputs,
+    Common,
+    DemoFolders,
+    Export,
+    Fit,
+    GenerateFolders,
+    Generation,
+    Inputs,
+    Orbit,
+    PosesFolders,
+    Prepare,
+    ReconstructFolders,
+    RunFit,
+    RunFolders,
+    is_required,
+    values,
 )
+from runs.output import check_out_dir, real_out, refuse_overlap, staged_output
+from runs.params import export_options, fit_options, generate_config, generate_output_bytes, orbit_options
 from runs.progress import progress_lines_when_piped
 from runs.stages import logger, run_folder, run_stages_of
-
-if TYPE_CHECKING:
-    pass
 
 
 class OneLineErrors(TyperGroup):
@@ -121,43 +138,7 @@ def guarded(fn: Callable[P, R]) -> Callable[P, R]:
     return wrapper
 
 
-# --------------------------------------------------------------------------- options
-# Every option is defined here once (default, bounds, help, panel) and used by each command that takes
-# it, so `generate`, `poses`, `reconstruct` and `run` cannot drift apart. Bounds are the widest values a
-# stage can sensibly run with; anything beyond is a typo (`--steps 1e12`) that would otherwise surface
-# as a crash or an endless run much later.
-MAX_SEED = 2**32 - 1  # the range numpy's and torch's generators both accept
-MAX_STEPS = 1000  # DDIM cannot take more steps than the scheduler's 1000 training timesteps
-MAX_GENERATE_FRAMES = 257  # 3x the paper's 85; the VAE's memory grows with the frame count
-MAX_SIDE = 2048  # pixels, per side of a generated frame
-MAX_GUIDANCE = 50.0
-MAX_NOISE_AUG = 1.0  # a std on images in [-1, 1]: more is pure noise
-MIN_ALIGN_AREA = 64 * 64
-MAX_ALIGN_AREA = 4096 * 4096
-MAX_FPS = 240
-MAX_ITERATIONS = 1_000_000
-MIN_FIT_RESOLUTION = 16
-MAX_FIT_RESOLUTION = 4096
-MAX_SH_DEGREE = 3
-MIN_RADIUS = 0.05  # = recon.poses.MIN_RADIUS (--help imports no numpy; tests/test_recon_poses.py checks)
-# = recon.asset's MIN_FACES, MIN_TEXTURE_SIZE (it imports torch; tests/test_recon_export.py checks)
-MIN_FACES = 100
-MIN_TEXTURE_SIZE = 64
-# = droplet3d.prepare's DEFAULT_BACKGROUND, BACKGROUNDS, DEFAULT_FILL, MIN_FILL, MAX_FILL (that package
-# imports torch; tests/test_prepare.py checks they agree).
-DEFAULT_BACKGROUND = "black"
-BACKGROUND_NAMES = ("black", "white", "grey")
-DEFAULT_FILL = 0.85
-MIN_FILL = 0.1
-MAX_FILL = 1.0
-
-GENERATION_PANEL = "Generation"
-PREPARE_PANEL = "Input image"
-ORBIT_PANEL = "Orbit (poses)"
-FIT_PANEL = "Reconstruction"
-EXPORT_PANEL = "Export"
-
-
+# --------------------------------------------------------------------------- commands from option groups
 def finite(value: float | None) -> float | None:
     """Option callback: nan and inf pass click's range checks (every comparison is False)."""
     if value is not None and not math.isfinite(value):
@@ -165,314 +146,64 @@ def finite(value: float | None) -> float | None:
     return value
 
 
-CKPT_HELP = "The released Droplet3D-5B/ folder (read offline, as published)."
-OPTIONS: dict[str, Any] = {
-    # generation
-    "ckpt": typer.Option(..., help=CKPT_HELP, rich_help_panel=GENERATION_PANEL),
-    "image": typer.Option(
-        ...,
-        help="Input image: the object's first view (any size; resized).",
-        rich_help_panel=GENERATION_PANEL,
-    ),
-    "prompt": typer.Option(
-        None,
-        help="Dense description of the object and the 360-degree orbit (the quality suffix is appended).",
-        rich_help_panel=GENERATION_PANEL,
-    ),
-    "prompt_file": typer.Option(
-        None, help="Read the prompt from this UTF-8 text file instead.", rich_help_panel=GENERATION_PANEL
-    ),
-    "frames": typer.Option(
-        85, max=MAX_GENERATE_FRAMES, help="Frames in the orbit; must be 4k+1 (85 in the paper).",
-        rich_help_panel=GENERATION_PANEL,
-    ),
-    "height": typer.Option(
-        512, min=16, max=MAX_SIDE, help="Frame height in pixels, a multiple of 16.",
-        rich_help_panel=GENERATION_PANEL,
-    ),
-    "width": typer.Option(
-        512, min=16, max=MAX_SIDE, help="Frame width in pixels, a multiple of 16.",
-        rich_help_panel=GENERATION_PANEL,
-    ),
-    "steps": typer.Option(
-        50, min=1, max=MAX_STEPS, help="DDIM denoising steps.", rich_help_panel=GENERATION_PANEL
-    ),
-    "guidance_scale": typer.Option(
-        6.0, min=0.0, max=MAX_GUIDANCE, callback=finite, help="Classifier-free guidance scale.",
-        rich_help_panel=GENERATION_PANEL,
-    ),
-    "seed": typer.Option(
-        42, min=0, max=MAX_SEED,
-        help="Seed of the initial noise and noise augmentation (runs are repeatable).",
-        rich_help_panel=GENERATION_PANEL,
-    ),
-    "dtype": typer.Option(
-        "auto", help="auto (bfloat16 on CUDA, float32 on CPU), bfloat16, float16, float32.",
-        rich_help_panel=GENERATION_PANEL,
-    ),
-    "noise_aug_strength": typer.Option(
-        0.0563, min=0.0, max=MAX_NOISE_AUG, callback=finite,
-        help="Std of the noise added to the conditioning frame.", rich_help_panel=GENERATION_PANEL,
-    ),
-    "view_align": typer.Option(
-        False,
-        help="First turn the image to the closest canonical view with FLUX.1-Kontext + the Droplet3D LoRA.",
-        rich_help_panel=GENERATION_PANEL,
-    ),
-    "align_max_area": typer.Option(
-        1024**2, min=MIN_ALIGN_AREA, max=MAX_ALIGN_AREA,
-        help="Pixel area Kontext resizes its input to (view alignment).", rich_help_panel=GENERATION_PANEL,
-    ),
-    "offload": typer.Option(
-        "none",
-        help="Memory mode on CUDA: none (fastest), model (CPU offload per model), sequential (least).",
-        rich_help_panel=GENERATION_PANEL,
-    ),
-    "negative_prompt": typer.Option(
-        "The video is low quality, blurry, distortion. ",  # = pipeline.DEFAULT_NEGATIVE_PROMPT
-        help="Negative prompt for classifier-free guidance.",
-        rich_help_panel=GENERATION_PANEL,
-    ),
-    "fps": typer.Option(
-        8, min=1, max=MAX_FPS, help="Frame rate of orbit.mp4.", rich_help_panel=GENERATION_PANEL
-    ),
-    "vae_tiling": typer.Option(
-        False, help="Decode in spatial tiles (less memory, tiny seams).", rich_help_panel=GENERATION_PANEL
-    ),
-    # input preparation (droplet3d/prepare.py); every command that takes --image takes these
-    "background": typer.Option(
-        DEFAULT_BACKGROUND, rich_help_panel=PREPARE_PANEL,
-        help=f"Colour behind the object (transparent pixels, removed background, padding): "
-        f"{', '.join(BACKGROUND_NAMES)} (black, as the published example).",
-    ),
-    "remove_background": typer.Option(
-        False, rich_help_panel=PREPARE_PANEL,
-        help="Separate the object from its background: with --segmenter's model, else by a flood fill of "
-        "the border's colour (plain backgrounds only).",
-    ),
-    "segmenter": typer.Option(
-        None, rich_help_panel=PREPARE_PANEL,
-        help="U^2-Net .onnx model for --remove-background (e.g. rembg's u2net.onnx), or a folder holding "
-        "one; read offline.",
-    ),
-    "recentre": typer.Option(
-        True, "--recentre/--no-recentre", rich_help_panel=PREPARE_PANEL,
-        help="Crop to the object (known from alpha or --remove-background), centre it and scale it to "
-        "--fill; --no-recentre keeps the framing. Never stretched: padded to the frame's aspect.",
-    ),
-    "fill": typer.Option(
-        DEFAULT_FILL, min=MIN_FILL, max=MAX_FILL, callback=finite, rich_help_panel=PREPARE_PANEL,
-        help="How much of the frame the recentred object spans, along its tighter side (0.85: the "
-        "published example).",
-    ),
-    # orbit
-    "elevation": typer.Option(
-        None, callback=finite, rich_help_panel=ORBIT_PANEL,
-        help="Camera elevation in degrees above the object (positive = looking down), |value| < 90 "
-        "(preset: 15).",
-    ),
-    "radius": typer.Option(
-        None, callback=finite, rich_help_panel=ORBIT_PANEL,
-        help=f"Camera distance from the object's centre, at least {MIN_RADIUS:g} (world units; the object is "
-        "~1 unit across; preset: 2.0).",
-    ),
-    "fov": typer.Option(
-        None, callback=finite, rich_help_panel=ORBIT_PANEL,
-        help="Full vertical field of view in degrees, in (0, 180) (preset: 45).",
-    ),
-    "start_azimuth": typer.Option(
-        None, callback=finite, rich_help_panel=ORBIT_PANEL,
-        help="Azimuth of frame 0 in degrees, measured from +X toward +Y (world +Z up; preset: 0).",
-    ),
-    "direction": typer.Option(
-        None, rich_help_panel=ORBIT_PANEL,
-        help="Orbit direction seen from above: ccw (counter-clockwise) or cw (preset: ccw).",
-    ),
-    "full_turn": typer.Option(
-        None, "--full-turn/--no-full-turn", show_default=False, rich_help_panel=ORBIT_PANEL,
-        help="The last frame repeats the first view (step 360/(N-1)); default: it does not (360/N).",
-    ),
-    "orbit_mode": typer.Option(
-        None, "--orbit", rich_help_panel=ORBIT_PANEL,
-        help="auto: estimate elevation, fov, direction and full-turn from the frames (radius stays 2: the "
-        "object's size follows), holding any value given; fixed: use the given and preset values. Default: "
-        "auto when no orbit value is given (command line, --config, generation.json), else fixed.",
-    ),
-    "refine": typer.Option(
-        None, "--refine/--no-refine", show_default=False, rich_help_panel=ORBIT_PANEL,
-        help="Given orbit values are starting points of the estimate, not fixed, and every frame's pose and "
-        "the focal length are refined with the splats (default: refine poses when the orbit is estimated).",
-    ),
-    "config": typer.Option(
-        None, rich_help_panel=ORBIT_PANEL,
-        help="JSON config file with 'orbit', 'fit', 'mesh' and 'preset' keys (see configs/); "
-        "command-line options override it.",
-    ),
-    # reconstruction
-    "preset": typer.Option(
-        None, help="fast or quality (default: quality on CUDA, fast on CPU).", rich_help_panel=FIT_PANEL
-    ),
-    "iterations": typer.Option(
-        None, min=1, max=MAX_ITERATIONS, help="Training steps (fast: 600, quality: 7000).",
-        rich_help_panel=FIT_PANEL,
-    ),
-    "sh_degree": typer.Option(
-        None, min=0, max=MAX_SH_DEGREE, help="Spherical-harmonics degree 0-3 (fast: 1, quality: 3).",
-        rich_help_panel=FIT_PANEL,
-    ),
-    "resolution": typer.Option(
-        None, min=MIN_FIT_RESOLUTION, max=MAX_FIT_RESOLUTION, rich_help_panel=FIT_PANEL,
-        help="Longest image side used for fitting; frames are downscaled (fast: 128, quality: 512).",
-    ),
-    "fit_seed": typer.Option(
-        None, "--seed", min=0, max=MAX_SEED, rich_help_panel=FIT_PANEL,
-        help="Random seed of the initialisation and view order (default 0).",
-    ),
-    "engine": typer.Option(
-        "gsplat", rich_help_panel=FIT_PANEL,
-        help="gsplat (built in) or splatfacto (nerfstudio's ns-train; needs the nerfstudio extra; its "
-        "re-centring, re-orientation and auto-scaling are turned off so its splats stay in our frame).",
-    ),
-    # every command
-    "device": typer.Option("auto", help="auto (CUDA if present), cuda or cpu (or cuda:N)."),
-    "overwrite": typer.Option(False, help="Replace a non-empty --out folder."),
-    "quiet": typer.Option(False, help="No progress output."),
-}  # fmt: skip
-# Export (reconstruct, run, demo): how the mesh and splats are written (recon.asset.ExportConfig). None =
-# not given, so a --config file's "mesh" section or the default applies.
-OPTIONS.update({
-    "faces": typer.Option(
-        None, min=0, rich_help_panel=EXPORT_PANEL,
-        help=f"Face budget of the mesh: quadric decimation to at most this many, at least {MIN_FACES} "
-        "(default 50000; 0 = all).",
-    ),
-    "texture_size": typer.Option(
-        None, min=MIN_TEXTURE_SIZE, max=8192, rich_help_panel=EXPORT_PANEL,
-        help="Side of the baked base-colour texture in texels (default 2048).",
-    ),
-    "vertex_colors": typer.Option(
-        None, "--vertex-colors/--texture", show_default=False, rich_help_panel=EXPORT_PANEL,
-        help="Per-vertex colour instead of a UV texture (default: textured).",
-    ),
-    "splat_format": typer.Option(
-        None, rich_help_panel=EXPORT_PANEL,
-        help="Splat file: ply (standard 3DGS), splat (antimatter15) or ply-compressed (SuperSplat).",
-    ),
-})  # fmt: skip
-# `run` has two seeds: --seed is generation's (as in `generate`), this one the reconstruction's.
-OPTIONS["run_fit_seed"] = typer.Option(
-    None, "--fit-seed", min=0, max=MAX_SEED, rich_help_panel=FIT_PANEL,
-    help="Random seed of the reconstruction's initialisation and view order (default 0).",
-)  # fmt: skip
-# `batch`: where and how the rows run. Its --ckpt means what it means elsewhere, but is optional: only
-# rows with an image generate.
-BATCH_PANEL = "Batch"
-MAX_RESOURCES_PER_ROW = 1024.0  # CPUs or GPUs one row may ask Ray for; more is a typo
-OPTIONS.update({
-    "batch_ckpt": typer.Option(None, "--ckpt", help=CKPT_HELP, rich_help_panel=GENERATION_PANEL),
-    "backend": typer.Option(
-        "local", rich_help_panel=BATCH_PANEL,
-        help="local: the rows one after another in this process; ray: each row a task on a Ray cluster "
-        "(pip install 'droplet3d[ray]').",
-    ),
-    "address": typer.Option(
-        "local", rich_help_panel=BATCH_PANEL,
-        help="With --backend ray: local (start a Ray instance on this machine for this batch), auto (join "
-        "the one `ray start` runs here, or $RAY_ADDRESS) or HOST:PORT of a cluster's head.",
-    ),
-    "gpus_per_row": typer.Option(
-        None, min=0.0, max=MAX_RESOURCES_PER_ROW, callback=finite, rich_help_panel=BATCH_PANEL,
-        help="With --backend ray: GPUs each row holds (fractions share a GPU; default 1 when the cluster "
-        "has GPUs, else 0).",
-    ),
-    "cpus_per_row": typer.Option(
-        1.0, min=0.0, max=MAX_RESOURCES_PER_ROW, callback=finite, rich_help_panel=BATCH_PANEL,
-        help="With --backend ray: CPU cores each row holds (and uses as its thread count).",
-    ),
-})  # fmt: skip
-INPUT_HELP = "Orbit video file, folder of frames, or a `generate` output folder."
+def typer_parameter(f: dataclasses.Field, annotation: Any) -> inspect.Parameter:
+    """The Typer parameter of one `runs.options` field: its flags, default, bounds, help and panel."""
+    meta = f.metadata
+    default = ... if is_required(f) else f.default
+    if meta["argument"]:
+        info = typer.Argument(default, help=meta["help"])
+    else:
+        info = typer.Option(
+            default, *meta["flags"], min=meta["low"], max=meta["high"], help=meta["help"],
+            callback=finite if meta["finite"] else None, rich_help_panel=meta["panel"],
+            show_default=meta["show_default"],
+        )  # fmt: skip
+    return inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=info, annotation=annotation)
 
 
-# --------------------------------------------------------------------------- generate
-@app.command(no_args_is_help=True)
-@guarded
+def command(*groups: type, **settings: Any) -> Callable[[Callable[..., None]], Callable[..., None]]:
+    """Register the decorated function as a command whose options are the fields of `groups`.
+
+    The function takes one instance of each group, in order; Typer sees a signature built from the
+    groups' fields (so an option is declared once, in `runs.options`, for every command that takes it).
+    """
+
+    def register(fn: Callable[..., None]) -> Callable[..., None]:
+        members = [(group, dataclasses.fields(group), typing.get_type_hints(group)) for group in groups]
+
+        def invoke(**given: Any) -> None:
+            fn(*(group(**{f.name: given[f.name] for f in fs}) for group, fs, _ in members))
+
+        invoke.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
+            [typer_parameter(f, hints[f.name]) for _, fs, hints in members for f in fs]
+        )
+        invoke.__name__, invoke.__doc__ = fn.__name__, fn.__doc__
+        app.command(fn.__name__, **settings)(guarded(invoke))
+        return fn
+
+    return register
+
+
+# --------------------------------------------------------------------------- the commands
+@command(GenerateFolders, Inputs, Generation, Prepare, Common, no_args_is_help=True)
 def generate(
-    ckpt: Path = OPTIONS["ckpt"],
-    image: Path = OPTIONS["image"],
-    out: Path = typer.Option(..., help="Output folder: frames/, orbit.mp4, generation.json."),
-    prompt: str | None = OPTIONS["prompt"],
-    prompt_file: Path | None = OPTIONS["prompt_file"],
-    frames: int = OPTIONS["frames"],
-    height: int = OPTIONS["height"],
-    width: int = OPTIONS["width"],
-    steps: int = OPTIONS["steps"],
-    guidance_scale: float = OPTIONS["guidance_scale"],
-    seed: int = OPTIONS["seed"],
-    device: str = OPTIONS["device"],
-    dtype: str = OPTIONS["dtype"],
-    noise_aug_strength: float = OPTIONS["noise_aug_strength"],
-    view_align: bool = OPTIONS["view_align"],
-    align_max_area: int = OPTIONS["align_max_area"],
-    offload: str = OPTIONS["offload"],
-    negative_prompt: str = OPTIONS["negative_prompt"],
-    fps: int = OPTIONS["fps"],
-    vae_tiling: bool = OPTIONS["vae_tiling"],
-    background: str = OPTIONS["background"],
-    remove_background: bool = OPTIONS["remove_background"],
-    segmenter: Path | None = OPTIONS["segmenter"],
-    recentre: bool = OPTIONS["recentre"],
-    fill: float = OPTIONS["fill"],
-    overwrite: bool = OPTIONS["overwrite"],
-    quiet: bool = OPTIONS["quiet"],
+    folders: GenerateFolders, inputs: Inputs, gen: Generation, prep: Prepare, common: Common
 ) -> None:
     """Generate an 85-frame 360-degree orbit video from one image and a dense text description."""
     from droplet3d.generate import generate as run_generate
     from droplet3d.generate import validate as validate_generate
     from droplet3d.generate import write_outputs
 
-    config = generate_config(locals())
-    refuse_overlap(
-        out, {"image": image, "checkpoint": ckpt, "prompt file": prompt_file, "segmenter": segmenter}
-    )
+    config = generate_config(values(inputs, gen, prep, common))
+    out = folders.out
+    refuse_overlap(out, {"image": inputs.image, "checkpoint": inputs.ckpt, "prompt file": inputs.prompt_file,
+                         "segmenter": prep.segmenter})  # fmt: skip
     validate_generate(config)
-    check_out_dir(out, overwrite)
-    with staged_output(out, overwrite, generate_output_bytes(config)) as tmp:
+    check_out_dir(out, folders.overwrite)
+    with staged_output(out, folders.overwrite, generate_output_bytes(config)) as tmp:
         result = run_generate(config, warn=warn)
-        write_outputs(result, tmp, fps=fps, progress=not quiet)
+        write_outputs(result, tmp, fps=gen.fps, progress=not common.quiet)
     typer.echo(f"wrote {len(result.frames)} frames to {out / 'frames'} and {out / 'orbit.mp4'}")
-
-
-# Upper bound of the bytes per frame pixel `generate` writes: a lossless PNG of noise is about the raw
-# RGB size (3 bytes), orbit.mp4 is far smaller; 4 leaves room for generation.json and the input images.
-# --------------------------------------------------------------------------- info
-INFO_PACKAGES = (
-    "droplet3d", "torch", "diffusers", "transformers", "safetensors", "peft", "accelerate", "sentencepiece",
-    "protobuf", "onnxruntime", "gsplat", "trimesh", "open3d", "typer", "imageio", "imageio-ffmpeg",
-    "nerfstudio",
-)  # fmt: skip
-
-
-def gsplat_kernel_status() -> str:
-    """Whether gsplat's CUDA kernels are usable, cached, or will compile on first use."""
-    import importlib.util
-
-    import torch
-
-    if importlib.util.find_spec("gsplat") is None:
-        return "gsplat not installed (the CPU rasteriser is used)"
-    if not torch.cuda.is_available():
-        return "no CUDA: gsplat kernels unavailable, the pure-PyTorch rasteriser is used"
-    if importlib.util.find_spec("gsplat.csrc") is not None:
-        return "precompiled"
-    try:
-        from torch.utils.cpp_extension import _get_build_directory
-
-        build = Path(_get_build_directory("gsplat_cuda", verbose=False))
-        if (build / "gsplat_cuda.so").exists():
-            return f"compiled (cached in {build})"
-    except Exception:  # private torch helper: status only, never fatal
-        pass
-    return "not compiled yet: gsplat compiles its CUDA kernels on first use (a few minutes, once)"
 
 
 @app.command()
@@ -485,25 +216,10 @@ def info(
     view_align: bool = typer.Option(True, help="With --ckpt: also require FLUX.1-Kontext-dev/ and the LoRA."),
 ) -> None:
     """Versions, device, gsplat kernel status, and an offline check of a checkpoint folder."""
-    from importlib import metadata
+    from runs.environment import environment_lines
 
-    import torch
-
-    for name in INFO_PACKAGES:
-        try:
-            version = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            version = "not installed" + (" (optional extra: pip install 'droplet3d[nerfstudio]')"
-                                         if name == "nerfstudio" else "")  # fmt: skip
-        typer.echo(f"{name:>15}: {version}")
-    if torch.cuda.is_available():
-        props = torch.cuda.get_device_properties(0)
-        memory = f"{props.total_memory / 1024**3:.0f} GiB"
-        typer.echo(f"{'device':>15}: cuda ({props.name}, {memory}), CUDA {torch.version.cuda}")
-    else:
-        threads = torch.get_num_threads()
-        typer.echo(f"{'device':>15}: cpu only ({threads} threads); generation needs a CUDA GPU in practice")
-    typer.echo(f"{'gsplat kernels':>15}: {gsplat_kernel_status()}")
+    for line in environment_lines():
+        typer.echo(line)
     if ckpt is None:
         return
     from droplet3d.checkpoint import check_checkpoint
@@ -518,76 +234,89 @@ def info(
     typer.echo(f"checkpoint {ckpt}: OK")
 
 
-# --------------------------------------------------------------------------- poses / reconstruct / demo
-@app.command(no_args_is_help=True)
-@guarded
-def poses(
-    input: Path = typer.Argument(..., help=INPUT_HELP),
-    out: Path = typer.Option(..., help="Output folder: images/ and a nerfstudio transforms.json."),
-    elevation: float | None = OPTIONS["elevation"],
-    radius: float | None = OPTIONS["radius"],
-    fov: float | None = OPTIONS["fov"],
-    start_azimuth: float | None = OPTIONS["start_azimuth"],
-    direction: str | None = OPTIONS["direction"],
-    full_turn: bool | None = OPTIONS["full_turn"],
-    orbit_mode: str | None = OPTIONS["orbit_mode"],
-    refine: bool | None = OPTIONS["refine"],
-    config: Path | None = OPTIONS["config"],
-    overwrite: bool = OPTIONS["overwrite"],
-) -> None:
+@command(PosesFolders, Orbit, no_args_is_help=True)
+def poses(folders: PosesFolders, orbit: Orbit) -> None:
     """Known circular poses for an orbit: images/ + transforms.json (nerfstudio, OpenGL camera-to-world)."""
     from recon import api
 
-    options = orbit_options(locals())
-    refuse_overlap(out, {"input": input, "config file": config})
-    with staged_output(out, overwrite) as tmp:
-        summary = api.poses(input, tmp, options, config, log=lambda _m: None)
+    refuse_overlap(folders.out, {"input": folders.input, "config file": orbit.config})
+    with staged_output(folders.out, folders.overwrite) as tmp:
+        summary = api.poses(
+            folders.input, tmp, orbit_options(values(orbit)), orbit.config, log=lambda _m: None
+        )
     if "summary" in summary["orbit_estimate"]:
         typer.echo(summary["orbit_estimate"]["summary"])
+    out = folders.out
     typer.echo(f"wrote {summary['frames']} posed frames to {out / 'images'} and {out / 'transforms.json'}")
 
 
-@app.command(no_args_is_help=True)
-@guarded
-def reconstruct(
-    input: Path = typer.Argument(..., help=INPUT_HELP),
-    out: Path = typer.Option(
-        ..., help="Output folder: splats.ply, mesh.glb/.ply/.obj, preview.mp4, report.json, transforms.json."
-    ),
-    elevation: float | None = OPTIONS["elevation"],
-    radius: float | None = OPTIONS["radius"],
-    fov: float | None = OPTIONS["fov"],
-    start_azimuth: float | None = OPTIONS["start_azimuth"],
-    direction: str | None = OPTIONS["direction"],
-    full_turn: bool | None = OPTIONS["full_turn"],
-    orbit_mode: str | None = OPTIONS["orbit_mode"],
-    refine: bool | None = OPTIONS["refine"],
-    config: Path | None = OPTIONS["config"],
-    preset: str | None = OPTIONS["preset"],
-    iterations: int | None = OPTIONS["iterations"],
-    sh_degree: int | None = OPTIONS["sh_degree"],
-    resolution: int | None = OPTIONS["resolution"],
-    seed: int | None = OPTIONS["fit_seed"],
-    engine: str = OPTIONS["engine"],
-    device: str = OPTIONS["device"],
-    overwrite: bool = OPTIONS["overwrite"],
-    quiet: bool = OPTIONS["quiet"],
-    faces: int | None = OPTIONS["faces"],
-    texture_size: int | None = OPTIONS["texture_size"],
-    vertex_colors: bool | None = OPTIONS["vertex_colors"],
-    splat_format: str | None = OPTIONS["splat_format"],
-) -> None:
+@command(ReconstructFolders, Orbit, Fit, Export, Common, no_args_is_help=True)
+def reconstruct(folders: ReconstructFolders, orbit: Orbit, fit: Fit, export: Export, common: Common) -> None:
     """Fit Gaussian splats to an orbit with known poses and export splats, meshes and a turntable preview."""
     from recon import api
 
-    params = locals()
-    refuse_overlap(out, {"input": input, "config file": config})
-    with staged_output(out, overwrite) as tmp:
+    params = values(orbit, fit, export, common)
+    refuse_overlap(folders.out, {"input": folders.input, "config file": orbit.config})
+    with staged_output(folders.out, folders.overwrite) as tmp:
         report = api.reconstruct(
-            input, tmp, orbit_options(params), fit_options(params), preset, config, engine,
-            progress=not quiet, log=logger(quiet), export_options=export_options(params),
+            folders.input, tmp, orbit_options(params), fit_options(params), fit.preset, orbit.config,
+            fit.engine, progress=not common.quiet, log=logger(common.quiet),
+            export_options=export_options(params),
         )  # fmt: skip
-    print_outputs(out, report)
+    print_outputs(folders.out, report)
+
+
+@command(DemoFolders, Export, Common)
+def demo(folders: DemoFolders, export: Export, common: Common) -> None:
+    """Reconstruct the bundled example orbit (no weights needed): textured .glb, .ply and a preview."""
+    from recon import api
+
+    with staged_output(folders.out, folders.overwrite) as tmp:
+        report = api.demo(
+            tmp, common.device, progress=not common.quiet, log=logger(common.quiet),
+            export_options=export_options(values(export)),
+        )  # fmt: skip
+    print_outputs(folders.out, report)
+
+
+@command(RunFolders, Inputs, Generation, Prepare, Orbit, RunFit, Export, Common, no_args_is_help=True)
+def run(
+    folders: RunFolders, inputs: Inputs, gen: Generation, prep: Prepare, orbit: Orbit, fit: RunFit,
+    export: Export, common: Common,
+) -> None:  # fmt: skip
+    """Image + text -> orbit video -> splats and meshes, in one command.
+
+    Re-running with the same --out resumes: a stage whose outputs exist and whose inputs and
+    parameters are unchanged is skipped; a changed parameter redoes that stage and what follows.
+    """
+    stages = run_stages_of(values(inputs, gen, prep, orbit, fit, export, common))
+    inputs_ = {"image": inputs.image, "checkpoint": inputs.ckpt, "prompt file": inputs.prompt_file,
+               "config file": orbit.config, "segmenter": prep.segmenter}  # fmt: skip
+    outcome = run_folder(folders.out, stages, folders.overwrite, common.quiet, inputs_)
+    out = real_out(folders.out)
+    typer.echo(f"video: {out / 'video' / 'orbit.mp4'}")
+    print_outputs(out / "asset", outcome.report)
+
+
+@command(BatchFolders, BatchInputs, Generation, Prepare, Orbit, RunFit, Export, Common, Backend,
+         no_args_is_help=True)  # fmt: skip
+def batch(
+    folders: BatchFolders, inputs: BatchInputs, gen: Generation, prep: Prepare, orbit: Orbit, fit: RunFit,
+    export: Export, common: Common, backend: Backend,
+) -> None:  # fmt: skip
+    """Many images or orbits to assets: each manifest row through `run`'s resumable stages.
+
+    A row that fails (missing file, bad option, out of memory, a crash) is recorded in batch.json and
+    summary.csv and the others go on; the exit code is 1 when any row failed. Re-running skips the
+    rows that are done.
+    """
+    from runs.batch import EXIT_ROWS_FAILED, run_batch
+    from runs.manifest import RowOptions
+
+    params = values(folders, inputs, gen, prep, orbit, fit, export, common, backend)
+    rows = RowOptions(typer.main.get_command(app).commands["batch"], GENERATION_ONLY)  # type: ignore[attr-defined]
+    if run_batch(folders.manifest, folders.out, params, rows):
+        raise typer.Exit(EXIT_ROWS_FAILED)
 
 
 def print_outputs(out: Path, report: dict[str, object]) -> None:
@@ -602,184 +331,6 @@ def print_outputs(out: Path, report: dict[str, object]) -> None:
     for name in names:
         if (out / name).is_file():
             typer.echo(f"{name:>12}: {out / name}")
-
-
-@app.command()
-@guarded
-def demo(
-    out: Path = typer.Option(Path("droplet3d-demo"), help="Output folder for the demo's files."),
-    device: str = OPTIONS["device"],
-    overwrite: bool = OPTIONS["overwrite"],
-    quiet: bool = OPTIONS["quiet"],
-    faces: int | None = OPTIONS["faces"],
-    texture_size: int | None = OPTIONS["texture_size"],
-    vertex_colors: bool | None = OPTIONS["vertex_colors"],
-    splat_format: str | None = OPTIONS["splat_format"],
-) -> None:
-    """Reconstruct the bundled example orbit (no weights needed): textured .glb, .ply and a preview."""
-    from recon import api
-
-    exports = export_options(locals())
-    with staged_output(out, overwrite) as tmp:
-        report = api.demo(tmp, device, progress=not quiet, log=logger(quiet), export_options=exports)
-    print_outputs(out, report)
-
-
-# --------------------------------------------------------------------------- run
-@app.command(no_args_is_help=True)
-@guarded
-def run(
-    ckpt: Path = OPTIONS["ckpt"],
-    image: Path = OPTIONS["image"],
-    out: Path = typer.Option(..., help="Run folder: video/ (generate), asset/ (reconstruct) and run.json."),
-    prompt: str | None = OPTIONS["prompt"],
-    prompt_file: Path | None = OPTIONS["prompt_file"],
-    frames: int = OPTIONS["frames"],
-    height: int = OPTIONS["height"],
-    width: int = OPTIONS["width"],
-    steps: int = OPTIONS["steps"],
-    guidance_scale: float = OPTIONS["guidance_scale"],
-    seed: int = OPTIONS["seed"],
-    dtype: str = OPTIONS["dtype"],
-    noise_aug_strength: float = OPTIONS["noise_aug_strength"],
-    view_align: bool = OPTIONS["view_align"],
-    align_max_area: int = OPTIONS["align_max_area"],
-    offload: str = OPTIONS["offload"],
-    negative_prompt: str = OPTIONS["negative_prompt"],
-    fps: int = OPTIONS["fps"],
-    vae_tiling: bool = OPTIONS["vae_tiling"],
-    background: str = OPTIONS["background"],
-    remove_background: bool = OPTIONS["remove_background"],
-    segmenter: Path | None = OPTIONS["segmenter"],
-    recentre: bool = OPTIONS["recentre"],
-    fill: float = OPTIONS["fill"],
-    elevation: float | None = OPTIONS["elevation"],
-    radius: float | None = OPTIONS["radius"],
-    fov: float | None = OPTIONS["fov"],
-    start_azimuth: float | None = OPTIONS["start_azimuth"],
-    direction: str | None = OPTIONS["direction"],
-    full_turn: bool | None = OPTIONS["full_turn"],
-    orbit_mode: str | None = OPTIONS["orbit_mode"],
-    refine: bool | None = OPTIONS["refine"],
-    config: Path | None = OPTIONS["config"],
-    preset: str | None = OPTIONS["preset"],
-    iterations: int | None = OPTIONS["iterations"],
-    sh_degree: int | None = OPTIONS["sh_degree"],
-    resolution: int | None = OPTIONS["resolution"],
-    fit_seed: int | None = OPTIONS["run_fit_seed"],
-    engine: str = OPTIONS["engine"],
-    device: str = OPTIONS["device"],
-    overwrite: bool = typer.Option(False, help="Replace a non-empty --out that is not a run folder."),
-    quiet: bool = OPTIONS["quiet"],
-    faces: int | None = OPTIONS["faces"],
-    texture_size: int | None = OPTIONS["texture_size"],
-    vertex_colors: bool | None = OPTIONS["vertex_colors"],
-    splat_format: str | None = OPTIONS["splat_format"],
-) -> None:
-    """Image + text -> orbit video -> splats and meshes, in one command.
-
-    Re-running with the same --out resumes: a stage whose outputs exist and whose inputs and
-    parameters are unchanged is skipped; a changed parameter redoes that stage and what follows.
-    """
-    params = locals()
-    stages = run_stages_of(params)
-    inputs = {
-        "image": image, "checkpoint": ckpt, "prompt file": prompt_file, "config file": config,
-        "segmenter": segmenter,
-    }  # fmt: skip
-    outcome = run_folder(out, stages, overwrite, quiet, inputs)
-    out = real_out(out)
-    typer.echo(f"video: {out / 'video' / 'orbit.mp4'}")
-    print_outputs(out / "asset", outcome.report)
-
-
-# --------------------------------------------------------------------------- batch
-@app.command(no_args_is_help=True)
-@guarded
-def batch(
-    manifest: Path = typer.Argument(
-        ...,
-        help="CSV or JSONL, one asset per row: id plus image and prompt (or prompt_file), generated with "
-        "--ckpt, or id plus video; any other column is that row's value of an option below.",
-    ),
-    out: Path = typer.Option(
-        ...,
-        help="Batch folder: a run folder per row id (as `run` writes), batch.json and summary.csv. "
-        "With --backend ray on a cluster: shared storage, at this path on every node.",
-    ),
-    ckpt: Path | None = OPTIONS["batch_ckpt"],
-    frames: int = OPTIONS["frames"],
-    height: int = OPTIONS["height"],
-    width: int = OPTIONS["width"],
-    steps: int = OPTIONS["steps"],
-    guidance_scale: float = OPTIONS["guidance_scale"],
-    seed: int = OPTIONS["seed"],
-    dtype: str = OPTIONS["dtype"],
-    noise_aug_strength: float = OPTIONS["noise_aug_strength"],
-    view_align: bool = OPTIONS["view_align"],
-    align_max_area: int = OPTIONS["align_max_area"],
-    offload: str = OPTIONS["offload"],
-    negative_prompt: str = OPTIONS["negative_prompt"],
-    fps: int = OPTIONS["fps"],
-    vae_tiling: bool = OPTIONS["vae_tiling"],
-    background: str = OPTIONS["background"],
-    remove_background: bool = OPTIONS["remove_background"],
-    segmenter: Path | None = OPTIONS["segmenter"],
-    recentre: bool = OPTIONS["recentre"],
-    fill: float = OPTIONS["fill"],
-    elevation: float | None = OPTIONS["elevation"],
-    radius: float | None = OPTIONS["radius"],
-    fov: float | None = OPTIONS["fov"],
-    start_azimuth: float | None = OPTIONS["start_azimuth"],
-    direction: str | None = OPTIONS["direction"],
-    full_turn: bool | None = OPTIONS["full_turn"],
-    orbit_mode: str | None = OPTIONS["orbit_mode"],
-    refine: bool | None = OPTIONS["refine"],
-    config: Path | None = OPTIONS["config"],
-    preset: str | None = OPTIONS["preset"],
-    iterations: int | None = OPTIONS["iterations"],
-    sh_degree: int | None = OPTIONS["sh_degree"],
-    resolution: int | None = OPTIONS["resolution"],
-    fit_seed: int | None = OPTIONS["run_fit_seed"],
-    engine: str = OPTIONS["engine"],
-    device: str = OPTIONS["device"],
-    overwrite: bool = typer.Option(
-        False,
-        help="Replace a non-empty --out that is not a batch folder, and row folders that are not "
-        "run folders.",
-    ),
-    quiet: bool = OPTIONS["quiet"],
-    faces: int | None = OPTIONS["faces"],
-    texture_size: int | None = OPTIONS["texture_size"],
-    vertex_colors: bool | None = OPTIONS["vertex_colors"],
-    splat_format: str | None = OPTIONS["splat_format"],
-    backend: str = OPTIONS["backend"],
-    address: str = OPTIONS["address"],
-    gpus_per_row: float | None = OPTIONS["gpus_per_row"],
-    cpus_per_row: float = OPTIONS["cpus_per_row"],
-) -> None:
-    """Many images or orbits to assets: each manifest row through `run`'s resumable stages.
-
-    A row that fails (missing file, bad option, out of memory, a crash) is recorded in batch.json and
-    summary.csv and the others go on; the exit code is 1 when any row failed. Re-running skips the
-    rows that are done.
-    """
-    params = locals()
-    from runs.batch import EXIT_ROWS_FAILED, run_batch
-    from runs.manifest import RowOptions
-
-    command = typer.main.get_command(app).commands["batch"]  # type: ignore[attr-defined]
-    failed = run_batch(manifest, out, params, RowOptions(command, GENERATION_OPTIONS))
-    if failed:
-        raise typer.Exit(EXIT_ROWS_FAILED)
-
-
-# Options only generation reads: a batch row with a video that sets one is refused.
-GENERATION_OPTIONS = frozenset(
-    {name for name, option in OPTIONS.items() if option.rich_help_panel in (GENERATION_PANEL, PREPARE_PANEL)}
-    - {"batch_ckpt"}
-    | {"ckpt"}
-)
 
 
 def main() -> None:

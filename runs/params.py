@@ -34,11 +34,15 @@ def export_options(params: dict[str, Any]) -> dict[str, object]:
     return {name: params[name] for name in EXPORT_NAMES}
 
 
-def fit_options(params: dict[str, Any], seed_name: str = "seed") -> dict[str, object]:
-    """The fitting options of a command's parameters (None = take the preset / config value)."""
+def fit_options(params: dict[str, Any]) -> dict[str, object]:
+    """The fitting options of a command's parameters (None = take the preset / config value).
+
+    The fit's seed is `fit_seed` in every command (`reconstruct` spells its flag --seed, `run` and
+    `batch` --fit-seed, since their --seed is generation's).
+    """
     return {
         "iterations": params["iterations"], "device": params["device"], "sh_degree": params["sh_degree"],
-        "resolution": params["resolution"], "seed": params[seed_name],
+        "resolution": params["resolution"], "seed": params["fit_seed"],
     }  # fmt: skip
 
 
@@ -54,6 +58,8 @@ def generate_config(params: dict[str, object]) -> GenerateConfig:
     )
 
 
+# Upper bound of the bytes per frame pixel `generate` writes: a lossless PNG of noise is about the raw
+# RGB size (3 bytes), orbit.mp4 is far smaller; 4 leaves room for generation.json and the input images.
 OUTPUT_BYTES_PER_PIXEL = 4
 
 

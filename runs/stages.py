@@ -42,7 +42,7 @@ def run_stages_of(params: dict[str, Any], video: Path | None = None) -> RunStage
     """The RunStages of `run`'s (or a batch row's) parameters; with `video`, reconstruct that only."""
     gen_config = None if video is not None else generate_config(params)
     return RunStages(
-        gen_config, orbit_options(params), fit_options(params, "fit_seed"), params["preset"],
+        gen_config, orbit_options(params), fit_options(params), params["preset"],
         params["config"], params["engine"], export_options(params), video,
     )  # fmt: skip
 

@@ -125,3 +125,84 @@ def test_imports_run_one_way():
         or {name.split(".")[0], target.split(".")[0]} == {"recon", "droplet3d"}
     )
     assert upward == []
+
+
+# --------------------------------------------------------------------------- options come from runs.options
+def option_fields() -> dict[str, dict[str, object]]:
+    """command -> parameter name -> its `runs.options` field, for every command built from groups."""
+    import dataclasses
+
+    from runs import options
+
+    groups = [g for g in vars(options).values() if dataclasses.is_dataclass(g) and isinstance(g, type)]
+    by_name: dict[str, list[object]] = {}
+    for group in groups:
+        for f in dataclasses.fields(group):
+            by_name.setdefault(f.name, []).append(f)
+    return by_name
+
+
+def click_commands() -> dict[str, object]:
+    import typer.main
+
+    from cli import app
+
+    return dict(typer.main.get_command(app).commands)  # type: ignore[attr-defined]
+
+
+def test_every_flag_has_the_default_and_bounds_of_its_settings_field():
+    from runs.options import is_required
+
+    fields_by_name = option_fields()
+    checked = 0
+    for name, command in click_commands().items():
+        if name == "info":  # a diagnostic with its own two flags
+            continue
+        for param in command.params:
+            candidates = fields_by_name.get(param.name, [])
+            # A name can have a variant per command (batch's optional --ckpt, run's --fit-seed): the
+            # flag must match one field exactly in flags, default and bounds.
+            matches = [
+                f for f in candidates
+                if (param.required if is_required(f) else param.default == f.default)
+                and getattr(param, "min", None) == f.metadata["low"]
+                and getattr(param, "max", None) == f.metadata["high"]
+                and param.help == f.metadata["help"]
+            ]  # fmt: skip
+            assert matches, f"{name} {param.opts}: no runs.options field gives its default and bounds"
+            checked += 1
+    assert checked > 100
+
+
+def _required_args(command: object, out: object) -> list[str]:
+    """Values for a command's required parameters (placeholders: parsing stops at the bad value), and
+    `out` as its --out."""
+    args: list[str] = []
+    for param in command.params:  # type: ignore[attr-defined]
+        if param.required or "--out" in param.opts:
+            flag = [] if param.param_type_name == "argument" else [param.opts[0]]
+            args += flag + [str(out) if "--out" in param.opts else "placeholder"]
+    return args
+
+
+def test_a_value_just_outside_a_bound_is_refused_before_any_work(tmp_path):
+    from typer.testing import CliRunner
+
+    from cli import app
+
+    runner = CliRunner()
+    refused = 0
+    for name, command in click_commands().items():
+        for param in command.params:
+            low, high = getattr(param, "min", None), getattr(param, "max", None)
+            for bad in [v for v in (low, high) if v is not None]:
+                step = 1 if isinstance(bad, int) else 1e-6 * max(1.0, abs(bad))
+                value = bad - step if bad == low else bad + step
+                out = tmp_path / f"{name}-{param.name}"
+                args = [name, *_required_args(command, out), param.opts[0], str(value)]
+                result = runner.invoke(app, args)
+                assert result.exit_code == 2, (args, result.output)
+                assert param.opts[0] in result.output, (args, result.output)
+                assert not out.exists()
+                refused += 1
+    assert refused > 30

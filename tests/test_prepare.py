@@ -19,11 +19,13 @@ from tiny_u2net import brightness_u2net, constant_u2net, random_u2net
 from typer.testing import CliRunner
 
 import cli
+import runs.params
 from droplet3d import prepare as prep
 from droplet3d.errors import Droplet3DError
 from droplet3d.prepare import PrepareConfig, prepare, prepare_aligned
 from droplet3d.segment import U2NetSegmenter, border_flood_mask, file_sha256
 from recon import synthetic
+from runs import options
 
 runner = CliRunner()
 OBJECT_RGB = (200, 150, 50)
@@ -334,10 +336,14 @@ def test_every_command_that_generates_takes_the_preparation_options() -> None:
     }
     assert {"generate", "run"} <= set(takers)
     for name, params in takers.items():
-        assert set(cli.PREPARE_NAMES) <= params, name
+        assert set(runs.params.PREPARE_NAMES) <= params, name
 
 
 def test_the_cli_bounds_are_prepare_s() -> None:
-    assert cli.DEFAULT_BACKGROUND == prep.DEFAULT_BACKGROUND
-    assert tuple(prep.BACKGROUNDS) == cli.BACKGROUND_NAMES
-    assert (cli.DEFAULT_FILL, cli.MIN_FILL, cli.MAX_FILL) == (prep.DEFAULT_FILL, prep.MIN_FILL, prep.MAX_FILL)
+    assert options.DEFAULT_BACKGROUND == prep.DEFAULT_BACKGROUND
+    assert tuple(prep.BACKGROUNDS) == options.BACKGROUND_NAMES
+    assert (options.DEFAULT_FILL, options.MIN_FILL, options.MAX_FILL) == (
+        prep.DEFAULT_FILL,
+        prep.MIN_FILL,
+        prep.MAX_FILL,
+    )

@@ -310,12 +310,12 @@ def trimesh_load(path: Path):
 
 
 def test_the_cli_offers_the_export_bounds_the_export_checks() -> None:
-    import cli
     from recon import asset
     from recon.errors import ReconError
+    from runs import options
 
-    assert (cli.MIN_FACES, cli.MIN_TEXTURE_SIZE) == (asset.MIN_FACES, asset.MIN_TEXTURE_SIZE)
-    for bad in ({"faces": cli.MIN_FACES - 1}, {"texture_size": cli.MIN_TEXTURE_SIZE - 1}):
+    assert (options.MIN_FACES, options.MIN_TEXTURE_SIZE) == (asset.MIN_FACES, asset.MIN_TEXTURE_SIZE)
+    for bad in ({"faces": options.MIN_FACES - 1}, {"texture_size": options.MIN_TEXTURE_SIZE - 1}):
         with pytest.raises(ReconError):
             ExportConfig(**bad).validate()
-    ExportConfig(faces=cli.MIN_FACES, texture_size=cli.MIN_TEXTURE_SIZE).validate()
+    ExportConfig(faces=options.MIN_FACES, texture_size=options.MIN_TEXTURE_SIZE).validate()

@@ -135,10 +135,10 @@ def test_transforms_load_with_nerfstudios_own_parser(tmp_path: Path) -> None:
 
 
 def test_the_cli_offers_the_radius_bound_the_orbit_checks() -> None:
-    import cli
     from recon import poses
+    from runs import options
 
-    assert cli.MIN_RADIUS == poses.MIN_RADIUS
+    assert options.MIN_RADIUS == poses.MIN_RADIUS
     with pytest.raises(ReconError, match="radius"):
         OrbitConfig(radius=poses.MIN_RADIUS / 2).validate()
     OrbitConfig(radius=poses.MIN_RADIUS).validate()
