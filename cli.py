@@ -48,6 +48,7 @@ from runs.options import (
     ReconstructFolders,
     RunFit,
     RunFolders,
+    ViewOptions,
     is_required,
     values,
 )
@@ -319,6 +320,18 @@ def batch(
         raise typer.Exit(EXIT_ROWS_FAILED)
 
 
+@command(ViewOptions, no_args_is_help=True)
+def view(options: ViewOptions) -> None:
+    """Serve a folder's viewer page on 127.0.0.1 and print its URL; Ctrl-C stops.
+
+    viewer.html also opens on its own from the file system (double-click), offline; a batch folder gets
+    an index of its rows here.
+    """
+    from runs.view import serve
+
+    serve(options.folder, options.port, typer.echo, options.open_browser)
+
+
 def print_outputs(out: Path, report: dict[str, object]) -> None:
     estimate = report.get("orbit_estimate")
     if isinstance(estimate, dict) and "summary" in estimate:
@@ -327,7 +340,7 @@ def print_outputs(out: Path, report: dict[str, object]) -> None:
         psnr = report["psnr"]["mean"]  # type: ignore[index]
         typer.echo(f"{report['gaussians']} gaussians, mean training PSNR {psnr:.2f} dB")
     names = ("mesh.glb", "splats.ply", "splats.splat", "splats.compressed.ply", "mesh.ply", "mesh.obj",
-             "mesh.mtl", "preview.mp4", "report.json")  # fmt: skip
+             "mesh.mtl", "preview.mp4", "viewer.html", "report.json")  # fmt: skip
     for name in names:
         if (out / name).is_file():
             typer.echo(f"{name:>12}: {out / name}")

@@ -197,6 +197,7 @@ def _fit_and_export(
     from recon.pose_refine import corrections
     from recon.poses import read_transforms, write_transforms
     from recon.preview import turntable_cameras, write_preview
+    from recon.viewer import VIEWER_FILE, write_viewer
 
     log(f"fitting {frames.count} frames ({settings.preset} preset, {settings.fit.iterations} iterations)")
     result = fit(frames.frames, cameras, settings.fit, progress=progress, alpha=frames.alpha)
@@ -267,8 +268,31 @@ def _fit_and_export(
             "preview.mp4": "rendered in the orbit's world frame (+Z up); the same views",
         },
     }  # fmt: skip
+    viewer = viewer_scene(result.splats, transform, Path(out) / "mesh.glb", world_cams, frames, report)
+    write_viewer(Path(out) / VIEWER_FILE, viewer)
+    report["files"]["viewer"] = VIEWER_FILE
     (Path(out) / "report.json").write_text(json.dumps(report, indent=2))
     return report
+
+
+def viewer_scene(
+    splats: Any,
+    transform: np.ndarray,
+    glb: Path,
+    cameras: Cameras,
+    frames: OrbitFrames,
+    report: dict[str, Any],
+) -> Any:
+    """What viewer.html shows of a finished asset: its splats, mesh and cameras in the asset frame."""
+    from recon.frames import cameras_to_asset, splats_to_asset
+    from recon.viewer import ViewerScene, ViewerSplats, report_figures, thumbnails
+
+    s = splats_to_asset(splats, transform)
+    arrays = [t.detach().cpu().numpy() for t in (s.means, s.scales, s.quats, s.opacities, s.sh0)]
+    return ViewerScene(
+        ViewerSplats.from_params(*arrays), glb.read_bytes(), cameras_to_asset(cameras, transform),
+        thumbnails(frames.frames), report_figures(report),
+    )  # fmt: skip
 
 
 # nerfstudio's dataparser re-centres, re-orients (to the mean camera "up") and rescales the poses to a

@@ -533,5 +533,19 @@ class BatchFolders:
     )
 
 
+MAX_PORT = 65535
+
+
+@dataclass
+class ViewOptions:
+    """What `view` serves, and where."""
+
+    folder: Path = option(
+        REQUIRED, argument=True, help="An asset folder (viewer.html), a run folder or a batch folder."
+    )
+    port: int = option(0, low=0, high=MAX_PORT, help="Port on 127.0.0.1 (0: any free port).")
+    open_browser: bool = option(False, "--open", help="Also open the page in the default browser.")
+
+
 # Options only generation reads: a batch row with a video that sets one is refused.
 GENERATION_ONLY = names(Inputs, Generation, Prepare) - {"image", "prompt", "prompt_file"}

@@ -27,6 +27,38 @@ def tiny_ckpt() -> Path:
     return REFERENCE / "tiny-droplet3d"
 
 
+# The demo as the tests run it: the real demo runs 400 steps at 96 px; the orientation and the viewer show
+# after fewer. A small face budget and texture keep the export's share short; the default is textured.
+DEMO_TEST_FIT = {"iterations": 250, "resolution": 64}
+DEMO_TEST_FACES = 5000
+
+
+@pytest.fixture(scope="session")
+def demo_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    """`droplet3d demo` run once for every test that reads its asset: (its folder, its output)."""
+    from typer.testing import CliRunner
+
+    from cli import app
+    from recon import api
+
+    out = tmp_path_factory.mktemp("demo") / "demo"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(api, "DEMO_FIT_OPTIONS", DEMO_TEST_FIT)
+        args = [
+            "demo",
+            "--out",
+            str(out),
+            "--quiet",
+            "--faces",
+            str(DEMO_TEST_FACES),
+            "--texture-size",
+            "512",
+        ]
+        result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    return out, result.output
+
+
 @pytest.fixture(scope="session")
 def random_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A freshly written random-weight checkpoint with a sharded text encoder."""

@@ -10,7 +10,7 @@ import imageio.v3 as iio
 import numpy as np
 import pytest
 import torch
-from conftest import assert_user_error
+from conftest import DEMO_TEST_FACES, assert_user_error
 from recon_helpers import orbit_frames, write_video
 from typer.testing import CliRunner
 
@@ -261,23 +261,11 @@ def test_splatfacto_engine_without_nerfstudio_names_the_extra(video: Path, tmp_p
     assert_user_error(result, out, "droplet3d[nerfstudio]")
 
 
-DEMO_TEST_FACES = 5000
-
-
-def test_demo_writes_an_upright_glb_facing_plus_z(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_demo_writes_an_upright_glb_facing_plus_z(demo_run: tuple[Path, str]) -> None:
     import trimesh
 
-    from recon import api
-
-    # The real demo runs 400 steps at 96 px; the orientation shows after fewer. (At 100 steps the blurry
-    # surface stood 0.1 proud on every side, so width and depth came within a few hundredths of the height.)
-    # A small face budget and texture keep the export's share of the test short; the default is textured.
-    monkeypatch.setattr(api, "DEMO_FIT_OPTIONS", {"iterations": 250, "resolution": 64})
-    out = tmp_path / "demo"
-    result = runner.invoke(app, ["demo", "--out", str(out), "--quiet", "--faces", str(DEMO_TEST_FACES),
-                                 "--texture-size", "512"])  # fmt: skip
-    assert result.exit_code == 0, result.output
-    assert "mesh.glb" in result.output and "splats.ply" in result.output and "preview.mp4" in result.output
+    out, output = demo_run
+    assert "mesh.glb" in output and "splats.ply" in output and "preview.mp4" in output
     mesh = trimesh.load(out / "mesh.glb").to_geometry()
     assert mesh.visual.kind == "texture", "the demo writes the textured glb by default"
     assert len(mesh.faces) <= DEMO_TEST_FACES and (out / "mesh_texture.png").is_file()
