@@ -3,7 +3,7 @@
 Opens the folder's viewer.html from the file system in headless Chromium (Debian's, through Playwright;
 WebGL on SwiftShader, so the times are a software renderer's), and measures:
 
-* the page's size, and how long `recon.viewer.write_viewer` takes to rebuild it from the folder's files;
+* the page's size, and how long writing it took (report.json's `timings_s.viewer`);
 * time to first frame: from navigation until the canvas shows the object;
 * splat fidelity: the viewer's splats at the first frame's camera against our own rasteriser's render of
   the same splats.ply at the same camera and size (PSNR over the picture, IoU of the object masks), and
@@ -100,7 +100,8 @@ def main() -> None:
     parser.add_argument("--picture", type=Path, default=None)
     args = parser.parse_args()
     page = args.folder / "viewer.html"
-    print(f"page: {page.stat().st_size / 1024**2:.1f} MB")
+    built = json.loads((args.folder / "report.json").read_text())["timings_s"].get("viewer")
+    print(f"page: {page.stat().st_size / 1024**2:.1f} MB, written in {built} s")
     first, (splats, mesh, cameras) = viewer_shots(page, args.size)
     print(f"time to first frame: {first:.1f} s (SwiftShader)")
     ours = our_render(args.folder, args.size)

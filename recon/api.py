@@ -268,9 +268,11 @@ def _fit_and_export(
             "preview.mp4": "rendered in the orbit's world frame (+Z up); the same views",
         },
     }  # fmt: skip
+    t4 = time.perf_counter()
     viewer = viewer_scene(result.splats, transform, Path(out) / "mesh.glb", world_cams, frames, report)
     write_viewer(Path(out) / VIEWER_FILE, viewer)
     report["files"]["viewer"] = VIEWER_FILE
+    report["timings_s"]["viewer"] = round(time.perf_counter() - t4, 2)
     (Path(out) / "report.json").write_text(json.dumps(report, indent=2))
     return report
 

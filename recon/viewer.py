@@ -11,10 +11,10 @@ The page is a short recorded timeline that loops (pause and scrub with the bar a
 
 1. the Gaussian splats, seen from the first training camera (the viewer's start and reset view);
 2. the textured mesh (mesh.glb as written), in the same frame and from the same view;
-3. the splats again with the orbit's cameras as frustums, each showing its frame's thumbnail.
+3. the splats again with the orbit's cameras as frustums, each showing its frame's thumbnail, and the
+   report's key figures under the object.
 
-The report's key figures are in the control panel. Everything is in the asset frame, like the files:
-+Y up, the first frame's side of the object facing +Z.
+Everything is in the asset frame, like the files: +Y up, the first frame's side of the object facing +Z.
 """
 
 from __future__ import annotations
@@ -33,7 +33,8 @@ from recon.poses import GL_TO_CV, Cameras
 VIEWER_FILE = "viewer.html"
 STATE_SECONDS = 4.0  # how long each state of the loop (splats, mesh, cameras) stays before the next
 THUMBNAIL_PX = 64  # side of the frame thumbnails on the frustums
-FRUSTUM_SCALE = 0.12  # frustum depth, world units (the object is about 1 unit across)
+FRUSTUM_SCALE = 0.06  # frustum depth, world units (the object is about 1 unit across)
+LABEL_GAP = 0.05  # world units between the object's lowest splat and the figures' label
 SH_C0 = 0.28209479177387814  # the DC band of the real spherical harmonics (= recon.raster_torch.SH_C0)
 
 
@@ -125,31 +126,35 @@ def write_viewer(path: Path, scene: ViewerScene) -> int:
 
 
 def _record(server: Any, scene: ViewerScene) -> str:
-    """The page: set the scene, the start view and the panel, then record the loop of states."""
-    # 1. The frame, the start view (the first training camera) and the panel of figures.
+    """The page: set the scene and the start view, then record the loop of states."""
+    # 1. The frame and the start view (the first training camera).
     server.scene.set_up_direction("+y")
-    server.gui.configure_theme(control_layout="floating", show_logo=False, show_share_button=False)
     first = scene.cameras.c2w[0]
     server.initial_camera.position = first[:3, 3]
     server.initial_camera.look_at = first[:3, 3] - first[:3, 2]  # OpenGL cameras look down -Z
     server.initial_camera.up = first[:3, 1]
     server.initial_camera.fov = 2.0 * np.arctan(scene.cameras.height / 2.0 / scene.cameras.fy)
-    lines = "\n".join(f"- **{name}**: {text}" for name, text in scene.figures.items())
-    server.gui.add_markdown(f"{lines}\n\nThe page loops: splats, mesh, cameras (pause below).")
-    state = server.gui.add_markdown("**showing**: splats")
 
-    # 2. The three things it shows, all in the asset frame.
+    # 2. The three things it shows, all in the asset frame, and labels: viser's embedded page shows scene
+    #    labels but not its control panel. A one-word label names the state above the object; the
+    #    report's figures go under it with the cameras (on the object views they would hide its outline).
     s = scene.splats
     splats = server.scene.add_gaussian_splats("/splats", s.centers, s.covariances, s.rgbs, s.opacities)
     mesh = server.scene.add_glb("/mesh", scene.glb, visible=False)
     frustums = _frustums(server, scene)
+    top, bottom = float(s.centers[:, 1].max()) + LABEL_GAP, float(s.centers[:, 1].min()) - LABEL_GAP
+    state = server.scene.add_label("/state", "splats", position=(0.0, top, 0.0), anchor="bottom-center")
+    figures = "\n".join(f"{name}: {text}" for name, text in scene.figures.items())
+    report = server.scene.add_label(
+        "/figures", figures, position=(0.0, bottom, 0.0), anchor="top-center", visible=False
+    )
 
     # 3. The loop: each state stays STATE_SECONDS.
     serializer = server.get_scene_serializer()
     serializer.insert_sleep(STATE_SECONDS)
-    splats.visible, mesh.visible, state.content = False, True, "**showing**: mesh"
+    splats.visible, mesh.visible, state.text = False, True, "mesh"
     serializer.insert_sleep(STATE_SECONDS)
-    mesh.visible, splats.visible, state.content = False, True, "**showing**: splats and the orbit's cameras"
+    mesh.visible, splats.visible, state.text, report.visible = False, True, "orbit cameras and report", True
     for frustum in frustums:
         frustum.visible = True
     serializer.insert_sleep(STATE_SECONDS)
@@ -157,16 +162,17 @@ def _record(server: Any, scene: ViewerScene) -> str:
 
 
 def _frustums(server: Any, scene: ViewerScene) -> list[Any]:
-    """One hidden frustum per camera, with its frame's thumbnail (viser's frustums use OpenCV axes)."""
+    """A hidden frustum per camera but the first, with its frame's thumbnail (viser uses OpenCV axes)."""
     cams = scene.cameras
     fov = 2.0 * np.arctan(cams.height / 2.0 / cams.fy)
     out = []
     for i, c2w in enumerate(cams.c2w):
+        if i == 0:  # the start view looks out of the first camera: its frustum would frame the picture
+            continue
         cv = c2w @ GL_TO_CV
-        # The start view looks out of the first camera: its thumbnail would cover the whole picture.
-        image = None if i == 0 else scene.thumbnails[i]
         out.append(server.scene.add_camera_frustum(
-            f"/cameras/{i:03d}", fov, cams.width / cams.height, scale=FRUSTUM_SCALE, image=image,
-            wxyz=rotation_to_quaternion(cv[:3, :3]), position=cv[:3, 3], visible=False,
+            f"/cameras/{i:03d}", fov, cams.width / cams.height, scale=FRUSTUM_SCALE,
+            image=scene.thumbnails[i], wxyz=rotation_to_quaternion(cv[:3, :3]), position=cv[:3, 3],
+            visible=False,
         ))  # fmt: skip
     return out
