@@ -14,7 +14,7 @@ adds (the estimate and the bundle adjustment) over the true-orbit fit's (target:
 ray-cast at ``--jitter-size`` px so the tracker has pixels), posed as ``reconstruct --orbit auto`` poses it:
 the estimate, then every frame bundle-adjusted to the point tracks (`recon.bundle`); with
 ``--jitter-iterations`` also fitted from there with the photometric pose refinement at
-`recon.bundle.POLISH_LR_SHARE` of its rates, as `reconstruct` does. Target: every frame within 0.3 degree
+`recon.pose_refine.POLISH_LR_SHARE` of its rates, as `reconstruct` does. Target: every frame within 0.3 degree
 of its true pose (after removing the mean offset, a gauge: a rotation of the whole scene).
 
     python benchmarks/bench_orbit.py [--grid] [--jitter] [--frames 42] [--size 256] [--resolution 64]
@@ -32,10 +32,10 @@ import numpy as np
 import torch
 
 from recon import synthetic
-from recon.bundle import adjust, polish_rates
+from recon.bundle import adjust
 from recon.fit import FitConfig, fit, psnr
 from recon.orbit_estimate import estimate_orbit
-from recon.pose_refine import orbit_angles
+from recon.pose_refine import orbit_angles, polish_rates
 from recon.poses import Cameras, OrbitConfig, orbit_cameras
 
 RADIUS = 2.0

@@ -81,19 +81,6 @@ MIN_CHECK_TRACKS = 8  # fewer held-out tracks than this cannot judge an adjustme
 HOLDOUT_SEED = 0  # which tracks are held out is fixed, so a run is repeatable
 # What the check can choose: the candidates (most freedom first), then the circle for want of tracks.
 CHOICES = ("adjusted", "lens held", "circle", "too few tracks", "no tracks")
-# A photometric polish of bundle-adjusted poses (`recon.pose_refine`) at this share of its learning rates:
-# at full rate it moved a 36-frame jitter's poses from 0.18 to 0.57 degree worst (300 iterations at 64 px),
-# since each frame's few steps follow a still blurred model. Even at 0.1 it cost 1-2 dB of held-out PSNR,
-# so `reconstruct` keeps the adjusted poses (`recon.api.fit_refines_poses`); benchmarks/bench_orbit.py
-# --jitter-iterations still measures the polish.
-POLISH_LR_SHARE = 0.1
-
-
-def polish_rates(fit: Any) -> dict[str, float]:
-    """The pose learning rates of `fit` (a `recon.fit.FitConfig`) for a fit that starts from bundle-adjusted
-    poses: only a polish."""
-    names = ("lr_pose_rotation", "lr_pose_translation", "lr_focal")
-    return {name: getattr(fit, name) * POLISH_LR_SHARE for name in names}
 
 
 @dataclass

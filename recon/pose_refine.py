@@ -38,6 +38,21 @@ from recon.poses import GL_TO_CV, Cameras
 FINAL_LR_SHARE = 0.05  # the corrections' learning rate decays to this share by the end of the fit
 
 
+# A photometric polish of bundle-adjusted poses (this module's corrections) at this share of their rates:
+# at full rate it moved a 36-frame jitter's poses from 0.18 to 0.57 degree worst (300 iterations at 64 px),
+# since each frame's few steps follow a still blurred model. Even at 0.1 it cost 1-2 dB of held-out PSNR,
+# so `reconstruct` keeps the adjusted poses (`recon.api.fit_refines_poses`); benchmarks/bench_orbit.py
+# --jitter-iterations still measures the polish.
+POLISH_LR_SHARE = 0.1
+
+
+def polish_rates(fit: Any) -> dict[str, float]:
+    """The pose learning rates of `fit` (a `recon.fit.FitConfig`) for a fit that starts from bundle-adjusted
+    poses: only a polish."""
+    names = ("lr_pose_rotation", "lr_pose_translation", "lr_focal")
+    return {name: getattr(fit, name) * POLISH_LR_SHARE for name in names}
+
+
 def rotation_about_centre(omega: Tensor) -> Tensor:
     """Homogeneous rotation [4, 4] by the rotation vector `omega` [3] about the world origin."""
     return twist_matrix(torch.cat([omega, omega.new_zeros(3)]))

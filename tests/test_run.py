@@ -14,10 +14,11 @@ from cli import app
 
 runner = CliRunner()
 
-# Small enough for CI: the tiny checkpoint at 64 px and a short, coarse reconstruction.
+# Small enough for CI: the tiny checkpoint at 64 px and a short, coarse reconstruction, exported with a
+# small face budget and texture (the default 2048 texture's bake was half of this file's time).
 SMALL_RECON = {
     "fit": {"init_points": 800, "hull_resolution": 24},
-    "mesh": {"voxels": 48, "render_size": 48, "extra_views": 4},
+    "mesh": {"voxels": 48, "render_size": 48, "extra_views": 4, "faces": 2000, "texture_size": 256},
 }
 
 
