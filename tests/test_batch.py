@@ -123,25 +123,19 @@ def test_rerunning_a_batch_redoes_nothing(orbits: Path, local_batch: tuple[Path,
     assert record["a"]["psnr"] is not None, "an up-to-date row still reports its asset's figures"
 
 
-@pytest.fixture(scope="module")
-def local_ray() -> Any:
-    """A Ray instance of this process with 2 CPUs; `batch --backend ray` uses it as it is."""
-    ray = pytest.importorskip("ray")
-    # ray.init installs its own SIGTERM/SIGINT handlers; later tests check ours, so put them back.
-    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield ray
-    ray.shutdown()
-    for sig, handler in handlers.items():
-        signal.signal(sig, handler)
-
-
 def test_ray_backend_gives_the_same_outputs(
-    orbits: Path, local_batch: tuple[Path, Any], local_ray: Any, tmp_path: Path
+    orbits: Path, local_batch: tuple[Path, Any], tmp_path: Path
 ) -> None:
+    """`--backend ray --address local`: the batch starts its own Ray instance, places the rows, stops Ray
+    and gives the process its signal handlers back."""
+    ray = pytest.importorskip("ray")
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
     out = tmp_path / "ray"
-    result = runner.invoke(app, batch_args(orbits, out, "--backend", "ray", "--cpus-per-row", "1"))
+    args = batch_args(orbits, out, "--backend", "ray", "--address", "local", "--cpus-per-row", "1")
+    result = runner.invoke(app, args)
     assert result.exit_code == batch.EXIT_ROWS_FAILED, result.output
+    assert not ray.is_initialized(), "the batch's own Ray instance is stopped"
+    assert {sig: signal.getsignal(sig) for sig in handlers} == handlers
     local, remote = rows(local_batch[0]), rows(out)
     for row_id in ("a", "b", "broken"):
         same = ("status", "error", "psnr", "ssim", "gaussians", "faces", "kind")
@@ -344,3 +338,53 @@ def test_batch_exposes_every_option_of_run_a_row_does_not_name() -> None:
     per_row = {"--image", "--prompt", "--prompt-file"}  # a row's own fields
     assert not (_option_names("run") - per_row) - _option_names("batch")
     assert {"--backend", "--address", "--gpus-per-row", "--cpus-per-row"} <= _option_names("batch")
+
+
+class FakeRay:
+    """The part of the `ray` module the batch's placement and result handling read."""
+
+    def __init__(self, nodes: list[dict[str, Any]], error: Exception | None = None) -> None:
+        import ray.exceptions
+
+        self.exceptions = ray.exceptions
+        self._nodes, self._error = nodes, error
+
+    def nodes(self) -> list[dict[str, Any]]:
+        return self._nodes
+
+    def get(self, ref: Any) -> Any:
+        if self._error is not None:
+            raise self._error
+        return ref
+
+
+def _backend(cpus: float, gpus: float | None) -> batch.Backend:
+    return batch.Backend("ray", "local", gpus, cpus)
+
+
+def test_rows_are_placed_by_the_live_nodes_cpus_and_gpus() -> None:
+    pytest.importorskip("ray")
+    nodes = [{"Alive": True, "Resources": {"CPU": 8.0, "GPU": 2.0}},
+             {"Alive": True, "Resources": {"CPU": 4.0}},
+             {"Alive": False, "Resources": {"CPU": 64.0, "GPU": 8.0}}]  # fmt: skip
+    # A cluster with GPUs: one GPU per row by default, so the GPU node holds 2 rows and the CPU-only one none.
+    assert batch.row_slots(FakeRay(nodes), _backend(1.0, None)) == (2, 1.0)
+    # Half a GPU and 2 CPUs per row: the GPU node fits 4 rows; without GPUs a node is bound by its CPUs.
+    assert batch.row_slots(FakeRay(nodes), _backend(2.0, 0.5)) == (4, 0.5)
+    assert batch.row_slots(FakeRay(nodes), _backend(2.0, 0.0)) == (6, 0.0)
+    with pytest.raises(batch.UsageError, match="cpus-per-row"):
+        batch.row_slots(FakeRay(nodes), _backend(16.0, 0.0))
+
+
+def test_a_row_whose_ray_worker_died_is_a_failed_row_with_the_reason() -> None:
+    pytest.importorskip("ray")
+    import ray.exceptions
+
+    job = batch.RowJob(3, "cat", "reconstruct", Path("out/cat"), None, {}, False)  # type: ignore[arg-type]
+    died = batch.ray_result(FakeRay([], ray.exceptions.RayActorError()), "ref", job)
+    assert (died.row, died.id, died.status) == (3, "cat", batch.FAILED)
+    assert "worker died" in died.error
+    other = batch.ray_result(FakeRay([], ray.exceptions.GetTimeoutError("too slow")), "ref", job)
+    assert other.status == batch.FAILED and other.error.startswith("Ray: ") and "too slow" in other.error
+    done = batch.RowResult(3, "cat", "reconstruct", status=batch.DONE)
+    assert batch.ray_result(FakeRay([]), done, job) is done
