@@ -52,6 +52,7 @@ FIT_PANEL = "Reconstruction"
 EXPORT_PANEL = "Export"
 BATCH_PANEL = "Batch"
 CKPT_HELP = "The released Droplet3D-5B/ folder (read offline, as published)."
+FIT_SEED_HELP = "Random seed of the reconstruction's initialisation and view order (default 0)."
 INPUT_HELP = "Orbit video file, folder of frames, or a `generate` output folder."
 
 
@@ -340,13 +341,10 @@ class Fit:
         panel=FIT_PANEL,
         help="Longest image side used for fitting; frames are downscaled (fast: 128, quality: 512).",
     )
+    # One name for the fit's seed everywhere (--fit-seed); `reconstruct` still accepts its old spelling,
+    # --seed, which `generate`, `run` and `batch` use for generation's seed.
     fit_seed: int | None = option(
-        None,
-        "--seed",
-        low=0,
-        high=MAX_SEED,
-        panel=FIT_PANEL,
-        help="Random seed of the initialisation and view order (default 0).",
+        None, "--fit-seed", "--seed", low=0, high=MAX_SEED, panel=FIT_PANEL, help=FIT_SEED_HELP
     )
     engine: str = option(
         "gsplat",
@@ -358,15 +356,10 @@ class Fit:
 
 @dataclass
 class RunFit(Fit):
-    """`run` and `batch` have two seeds: --seed is generation's, this one the reconstruction's."""
+    """`run` and `batch` have two seeds: --seed is generation's, --fit-seed the reconstruction's."""
 
     fit_seed: int | None = option(
-        None,
-        "--fit-seed",
-        low=0,
-        high=MAX_SEED,
-        panel=FIT_PANEL,
-        help="Random seed of the reconstruction's initialisation and view order (default 0).",
+        None, "--fit-seed", low=0, high=MAX_SEED, panel=FIT_PANEL, help=FIT_SEED_HELP
     )
 
 

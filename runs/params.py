@@ -37,8 +37,8 @@ def export_options(params: dict[str, Any]) -> dict[str, object]:
 def fit_options(params: dict[str, Any]) -> dict[str, object]:
     """The fitting options of a command's parameters (None = take the preset / config value).
 
-    The fit's seed is `fit_seed` in every command (`reconstruct` spells its flag --seed, `run` and
-    `batch` --fit-seed, since their --seed is generation's).
+    The fit's seed is `fit_seed` (--fit-seed) in every command; `reconstruct` also takes its old flag,
+    --seed, which in `run` and `batch` is generation's.
     """
     return {
         "iterations": params["iterations"], "device": params["device"], "sh_degree": params["sh_degree"],

@@ -43,7 +43,7 @@ def test_an_option_means_the_same_in_every_command() -> None:
     shared = {opt: per for opt, per in _definitions().items() if len(per) > 1 and opt not in PER_COMMAND}
     assert {"--elevation", "--frames", "--iterations", "--device"} <= set(shared)
     for opt, per_command in shared.items():
-        if opt == "--seed":  # generation's seed in generate/run, the fit's in reconstruct (run: --fit-seed)
+        if opt == "--seed":  # generation's seed; reconstruct accepts it as the old spelling of --fit-seed
             per_command = {k: v for k, v in per_command.items() if k != "reconstruct"}
         assert len(set(per_command.values())) == 1, (opt, per_command)
 
@@ -83,3 +83,14 @@ def test_the_pipeline_uses_diffusers_public_device_api() -> None:
 
     assert "_execution_device" not in vars(Droplet3DPipeline), "no override of a private diffusers property"
     assert "execution_device" not in vars(Droplet3DPipeline)
+
+
+def test_the_fits_seed_is_fit_seed_everywhere_and_reconstruct_keeps_its_old_flag() -> None:
+    group = typer.main.get_command(app)
+    for name in ("reconstruct", "run", "batch"):
+        (param,) = [p for p in group.commands[name].params if "--fit-seed" in p.opts]  # type: ignore[attr-defined]
+        assert param.name == "fit_seed", name
+    reconstruct = group.commands["reconstruct"]  # type: ignore[attr-defined]
+    for flag in ("--fit-seed", "--seed"):
+        context = reconstruct.make_context("reconstruct", ["orbit.mp4", "--out", "o", flag, "7"])
+        assert context.params["fit_seed"] == 7, flag
