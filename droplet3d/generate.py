@@ -30,10 +30,9 @@ from droplet3d import models
 from droplet3d.align import _loading_bars as loading_bars
 from droplet3d.checkpoint import CheckpointPaths, resolve_checkpoint
 from droplet3d.conditioning import image_to_video
+from droplet3d.constants import DEFAULT_NEGATIVE_PROMPT, MAX_TEXT_TOKENS
 from droplet3d.errors import Droplet3DError
 from droplet3d.pipeline import (
-    DEFAULT_NEGATIVE_PROMPT,
-    MAX_TEXT_TOKENS,
     Droplet3DPipeline,
     PipelineOutput,
     full_prompt,

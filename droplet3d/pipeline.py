@@ -23,14 +23,13 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from transformers import T5EncoderModel, T5Tokenizer
 
 from droplet3d.conditioning import add_noise_augmentation, masked_video, resize_mask
+from droplet3d.constants import MAX_TEXT_TOKENS
 from droplet3d.transformer import Droplet3DTransformer3DModel
 
 QUALITY_SUFFIX = (
     "The video is of high quality, and the view is very clear. High quality, masterpiece, best quality, "
     "highres, ultra-detailed, fantastic."
 )
-DEFAULT_NEGATIVE_PROMPT = "The video is low quality, blurry, distortion. "
-MAX_TEXT_TOKENS = 450
 
 # The order in which PyTorch's fused attention kernels are tried on CUDA. The joint text+video
 # attention (22978 tokens, 48 heads x 64 at 85 frames, 512x512) is over half of a step's FLOPs. On an

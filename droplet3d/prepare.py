@@ -29,20 +29,10 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from droplet3d.constants import BACKGROUNDS, DEFAULT_BACKGROUND, DEFAULT_FILL, MAX_FILL, MIN_FILL
 from droplet3d.errors import Droplet3DError
 from droplet3d.segment import U2NetSegmenter, border_flood_mask, resolve_model_file
 
-# The published example is on pure black; grey is the mid value of 8-bit colour.
-BACKGROUNDS: dict[str, tuple[int, int, int]] = {
-    "black": (0, 0, 0),
-    "white": (255, 255, 255),
-    "grey": (128, 128, 128),
-}
-DEFAULT_BACKGROUND = "black"
-# The published panda spans 85% of the frame's height (its longer side).
-DEFAULT_FILL = 0.85
-MIN_FILL = 0.1  # smaller leaves the model a speck to orbit
-MAX_FILL = 1.0  # the object touches the frame's edges
 # A pixel belongs to the object when its mask is at least this (soft edges count half in, half out).
 MASK_THRESHOLD = 0.5
 OPAQUE = 255

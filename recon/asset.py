@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from recon.constants import MIN_FACES, MIN_TEXTURE_SIZE
 from recon.errors import ReconError
 from recon.export import SPLAT_FORMATS, write_splats
 from recon.fit import Splats
@@ -40,10 +41,6 @@ from recon.texture import (
     texture_image,
     uv_atlas,
 )
-
-# Smallest face budget and texture that still make a recognisable asset; below that is a typo.
-MIN_FACES = 100
-MIN_TEXTURE_SIZE = 64
 
 
 @dataclass

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from recon.asset import ExportConfig
+from recon.constants import MAX_FIT_RESOLUTION, MAX_ITERATIONS, MAX_SH_DEGREE, MIN_FIT_RESOLUTION
 from recon.errors import ReconError
 from recon.fit import FitConfig
 from recon.mesh import MeshConfig
@@ -73,8 +74,9 @@ def default_orbit() -> OrbitConfig:
 # that exist, so the table never blocks a renamed or new field (types are checked for all of them).
 RANGES: dict[str, dict[str, tuple[float, float]]] = {
     "fit": {
-        "iterations": (1, 1_000_000), "resolution": (16, 4096), "hull_resolution": (8, 512),
-        "init_points": (1, 10_000_000), "max_gaussians": (1, 100_000_000), "sh_degree": (0, 3),
+        "iterations": (1, MAX_ITERATIONS), "resolution": (MIN_FIT_RESOLUTION, MAX_FIT_RESOLUTION),
+        "hull_resolution": (8, 512), "init_points": (1, 10_000_000), "max_gaussians": (1, 100_000_000),
+        "sh_degree": (0, MAX_SH_DEGREE),
         "lr_appearance": (0.0, 1.0),
     },
     "mesh": {

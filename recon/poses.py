@@ -37,16 +37,12 @@ from typing import Any
 
 import numpy as np
 
+from recon.constants import MIN_RADIUS
 from recon.errors import ReconError
 from recon.overrides import with_overrides
 
 # OpenGL camera axes (x right, y up, -z forward) <-> OpenCV (x right, y down, +z forward).
 GL_TO_CV = np.diag([1.0, -1.0, -1.0, 1.0])
-# The nearest camera distance an orbit may have, world units. The rasterisers clip everything nearer than
-# 0.01 (gsplat's near plane); the object spans about 0.6 of the distance at the preset's framing, so a
-# camera much closer than this puts the object's near side behind the clip plane and the fit has nothing
-# to render (`--radius 1e-9` ended in a traceback inside the fit). 0.05 reconstructs.
-MIN_RADIUS = 0.05
 
 
 @dataclass

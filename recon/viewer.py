@@ -30,7 +30,6 @@ import numpy as np
 from recon.frames import rotation_to_quaternion
 from recon.poses import GL_TO_CV, Cameras
 
-VIEWER_FILE = "viewer.html"
 STATE_SECONDS = 4.0  # how long each state of the loop (splats, mesh, cameras) stays before the next
 THUMBNAIL_PX = 64  # side of the frame thumbnails on the frustums
 FRUSTUM_SCALE = 0.06  # frustum depth, world units (the object is about 1 unit across)

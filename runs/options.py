@@ -7,8 +7,8 @@ Torch-free and typer-free on purpose: `--help` must not wait for torch, and the 
 stages can read.
 
 Bounds are the widest values a stage can sensibly run with; anything beyond is a typo (`--steps 1e12`)
-that would otherwise surface as a crash or an endless run much later. Values mirrored from torch-importing
-modules are marked `=`: a test keeps each equal to its source.
+that would otherwise surface as a crash or an endless run much later. Values a stage checks too come from
+that stage's torch-free `constants` module (`droplet3d.constants`, `recon.constants`): one definition.
 """
 
 from __future__ import annotations
@@ -16,6 +16,24 @@ from __future__ import annotations
 from dataclasses import MISSING, Field, dataclass, field, fields
 from pathlib import Path
 from typing import Any
+
+from droplet3d.constants import (
+    BACKGROUNDS,
+    DEFAULT_BACKGROUND,
+    DEFAULT_FILL,
+    DEFAULT_NEGATIVE_PROMPT,
+    MAX_FILL,
+    MIN_FILL,
+)
+from recon.constants import (
+    MAX_FIT_RESOLUTION,
+    MAX_ITERATIONS,
+    MAX_SH_DEGREE,
+    MIN_FACES,
+    MIN_FIT_RESOLUTION,
+    MIN_RADIUS,
+    MIN_TEXTURE_SIZE,
+)
 
 REQUIRED: Any = ...  # a field every command that takes it must be given
 
@@ -28,21 +46,7 @@ MAX_NOISE_AUG = 1.0  # a std on images in [-1, 1]: more is pure noise
 MIN_ALIGN_AREA = 64 * 64
 MAX_ALIGN_AREA = 4096 * 4096
 MAX_FPS = 240
-MAX_ITERATIONS = 1_000_000
-MIN_FIT_RESOLUTION = 16
-MAX_FIT_RESOLUTION = 4096
-MAX_SH_DEGREE = 3
-MIN_RADIUS = 0.05  # = recon.poses.MIN_RADIUS (tests/test_recon_poses.py checks)
-# = recon.asset's MIN_FACES, MIN_TEXTURE_SIZE (tests/test_recon_export.py checks)
-MIN_FACES = 100
-MIN_TEXTURE_SIZE = 64
-# = droplet3d.prepare's DEFAULT_BACKGROUND, BACKGROUNDS, DEFAULT_FILL, MIN_FILL, MAX_FILL
-# (tests/test_prepare.py checks they agree).
-DEFAULT_BACKGROUND = "black"
-BACKGROUND_NAMES = ("black", "white", "grey")
-DEFAULT_FILL = 0.85
-MIN_FILL = 0.1
-MAX_FILL = 1.0
+BACKGROUND_NAMES = tuple(BACKGROUNDS)
 MAX_RESOURCES_PER_ROW = 1024.0  # CPUs or GPUs one row may ask Ray for; more is a typo
 
 GENERATION_PANEL = "Generation"
@@ -185,7 +189,7 @@ class Generation:
         help="Memory mode on CUDA: none (fastest), model (CPU offload per model), sequential (least).",
     )
     negative_prompt: str = option(
-        "The video is low quality, blurry, distortion. ",  # = droplet3d.pipeline.DEFAULT_NEGATIVE_PROMPT
+        DEFAULT_NEGATIVE_PROMPT,
         panel=GENERATION_PANEL,
         help="Negative prompt for classifier-free guidance.",
     )

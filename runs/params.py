@@ -10,6 +10,7 @@ from dataclasses import fields as dataclass_fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from droplet3d.constants import MAX_TEXT_TOKENS
 from runs.errors import UsageError
 from runs.output import MIN_FREE_BYTES
 
@@ -68,7 +69,6 @@ def generate_output_bytes(config: GenerateConfig) -> int:
     return MIN_FREE_BYTES + config.frames * config.height * config.width * OUTPUT_BYTES_PER_PIXEL
 
 
-MAX_TEXT_TOKENS = 450  # = droplet3d.pipeline.MAX_TEXT_TOKENS (that module imports torch)
 # A prompt file is read whole and recorded in generation.json; 450 T5 tokens are about 2-3 KB of English.
 MAX_PROMPT_FILE_BYTES = 64 * 1024
 

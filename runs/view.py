@@ -16,12 +16,12 @@ from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+from recon.constants import VIEWER_FILE as VIEWER
 from runs.errors import UsageError
+from runs.manifest import BATCH_STATE
 
-VIEWER = "viewer.html"  # = recon.viewer.VIEWER_FILE (that module imports torch)
 INDEX = "index.html"
 HOST = "127.0.0.1"
-BATCH_STATE = "batch.json"  # = runs.manifest.BATCH_STATE
 THUMBNAIL = "images/00000.png"  # an asset's first posed frame (poses and reconstruct write images/)
 
 

@@ -25,7 +25,6 @@ from droplet3d.errors import Droplet3DError
 from droplet3d.prepare import PrepareConfig, prepare, prepare_aligned
 from droplet3d.segment import U2NetSegmenter, border_flood_mask, file_sha256
 from recon import synthetic
-from runs import options
 
 runner = CliRunner()
 OBJECT_RGB = (200, 150, 50)
@@ -337,13 +336,3 @@ def test_every_command_that_generates_takes_the_preparation_options() -> None:
     assert {"generate", "run"} <= set(takers)
     for name, params in takers.items():
         assert set(runs.params.PREPARE_NAMES) <= params, name
-
-
-def test_the_cli_bounds_are_prepare_s() -> None:
-    assert options.DEFAULT_BACKGROUND == prep.DEFAULT_BACKGROUND
-    assert tuple(prep.BACKGROUNDS) == options.BACKGROUND_NAMES
-    assert (options.DEFAULT_FILL, options.MIN_FILL, options.MAX_FILL) == (
-        prep.DEFAULT_FILL,
-        prep.MIN_FILL,
-        prep.MAX_FILL,
-    )

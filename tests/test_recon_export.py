@@ -309,13 +309,12 @@ def trimesh_load(path: Path):
     return trimesh.load(path).to_geometry()
 
 
-def test_the_cli_offers_the_export_bounds_the_export_checks() -> None:
-    from recon import asset
+def test_the_export_checks_the_bounds_the_cli_offers() -> None:
+    """The flags' bounds are recon.constants' (runs.options imports them); the export refuses just below."""
+    from recon.constants import MIN_FACES, MIN_TEXTURE_SIZE
     from recon.errors import ReconError
-    from runs import options
 
-    assert (options.MIN_FACES, options.MIN_TEXTURE_SIZE) == (asset.MIN_FACES, asset.MIN_TEXTURE_SIZE)
-    for bad in ({"faces": options.MIN_FACES - 1}, {"texture_size": options.MIN_TEXTURE_SIZE - 1}):
+    for bad in ({"faces": MIN_FACES - 1}, {"texture_size": MIN_TEXTURE_SIZE - 1}):
         with pytest.raises(ReconError):
             ExportConfig(**bad).validate()
-    ExportConfig(faces=options.MIN_FACES, texture_size=options.MIN_TEXTURE_SIZE).validate()
+    ExportConfig(faces=MIN_FACES, texture_size=MIN_TEXTURE_SIZE).validate()

@@ -134,11 +134,9 @@ def test_transforms_load_with_nerfstudios_own_parser(tmp_path: Path) -> None:
     assert float(outputs.cameras.fy[0]) == pytest.approx(0.5 * 32 / math.tan(math.radians(22.5)))
 
 
-def test_the_cli_offers_the_radius_bound_the_orbit_checks() -> None:
+def test_the_orbit_checks_the_radius_bound_the_cli_offers() -> None:
     from recon import poses
-    from runs import options
 
-    assert options.MIN_RADIUS == poses.MIN_RADIUS
     with pytest.raises(ReconError, match="radius"):
         OrbitConfig(radius=poses.MIN_RADIUS / 2).validate()
     OrbitConfig(radius=poses.MIN_RADIUS).validate()

@@ -1,0 +1,23 @@
+"""Values the command line shares with the reconstruction stage, torch-free so `--help` needs no torch.
+
+`runs.options` builds the flags' bounds from these; `recon.poses`, `recon.asset` and `recon.config` check
+the same objects, so the two cannot drift apart.
+"""
+
+from __future__ import annotations
+
+# The nearest camera distance an orbit may have, world units. The rasterisers clip everything nearer than
+# 0.01 (gsplat's near plane); the object spans about 0.6 of the distance at the preset's framing, so a
+# camera much closer than this puts the object's near side behind the clip plane and the fit has nothing
+# to render (`--radius 1e-9` ended in a traceback inside the fit). 0.05 reconstructs.
+MIN_RADIUS = 0.05
+# Smallest face budget and texture that still make a recognisable asset; below that is a typo.
+MIN_FACES = 100
+MIN_TEXTURE_SIZE = 64
+# The fit's bounds (a --config file's "fit" section and the flags are both checked against these).
+MAX_ITERATIONS = 1_000_000
+MIN_FIT_RESOLUTION = 16
+MAX_FIT_RESOLUTION = 4096
+MAX_SH_DEGREE = 3  # gsplat's spherical harmonics go to degree 3
+# The viewer page written beside every asset (`recon.viewer`), which `droplet3d view` serves.
+VIEWER_FILE = "viewer.html"
