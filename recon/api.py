@@ -162,18 +162,20 @@ def reconstruct(
         raise ReconError(f"--engine must be gsplat or splatfacto, got {engine!r}")
     if engine == "splatfacto" and shutil.which("ns-train") is None:
         raise ReconError(f"--engine splatfacto needs nerfstudio's ns-train on PATH: {NERFSTUDIO_HINT}")
-    # Resolve everything that can be wrong before the slow parts.
+    # 1. Check: every setting that can be wrong, resolved once (the config file read once) before the
+    #    slow parts.
     device = resolve_device((fit_options or {}).get("device") or "auto")
     default_preset = "quality" if device.type == "cuda" else "fast"
     values, controls = split_orbit_options(orbit_options)
-    resolve_settings(config_file, None, values, fit_options, preset, default_preset, export_options)
+    config = read_config(config_file) if config_file is not None else {}
+    settings = resolve_settings(config, None, values, fit_options, preset, default_preset, export_options)
     plan_orbit(controls, {})
+    # 2. Load the frames; their own record of the orbit (a generate folder's generation.json) takes its
+    #    place in the orbit's precedence, under the config file and the command line.
     frames = load_orbit(input_path)
-    settings = resolve_settings(
-        config_file, frames.orbit_hints, values, fit_options, preset, default_preset, export_options
-    )
-    config = read_config(config_file) if config_file is not None else None
+    settings.orbit = resolve_orbit(config, frames.orbit_hints, values)
     plan = plan_orbit(controls, given_values(config, frames.orbit_hints, values))
+    # 3. Pose, then 4. fit and export.
     choice = choose_orbit(frames, settings.orbit, plan, log)
     settings.orbit = choice.orbit
     settings.fit = settings.fit.updated({"refine_poses": fit_refines_poses(plan, engine, choice)})
@@ -191,13 +193,14 @@ def _fit_and_export(
     t_poses: float, t0: float, source: str, orbit_choice: dict[str, Any],
 ) -> dict[str, Any]:  # fmt: skip
     from recon.asset import write_asset
+    from recon.constants import VIEWER_FILE
     from recon.fit import fit
     from recon.frames import asset_transform, cameras_to_asset, front_direction
     from recon.mesh import carve_splats, fuse_surface
     from recon.pose_refine import corrections
     from recon.poses import read_transforms, write_transforms
     from recon.preview import turntable_cameras, write_preview
-    from recon.viewer import VIEWER_FILE, write_viewer
+    from recon.viewer import write_viewer
 
     log(f"fitting {frames.count} frames ({settings.preset} preset, {settings.fit.iterations} iterations)")
     result = fit(frames.frames, cameras, settings.fit, progress=progress, alpha=frames.alpha)

@@ -132,7 +132,7 @@ def resolve_orbit(
 
 
 def resolve_settings(
-    config_file: Path | None,
+    config_file: Path | dict[str, Any] | None,
     hints: dict[str, Any] | None = None,
     orbit_cli: dict[str, Any] | None = None,
     fit_cli: dict[str, Any] | None = None,
@@ -140,8 +140,12 @@ def resolve_settings(
     default_preset: str = "fast",
     export_cli: dict[str, Any] | None = None,
 ) -> Settings:
-    """Every setting for a reconstruction (precedence in the module docstring)."""
-    config = read_config(config_file) if config_file is not None else {}
+    """Every setting for a reconstruction (precedence in the module docstring). `config_file` is a path,
+    or the file as `read_config` returned it (a caller that needs it too reads it once)."""
+    if isinstance(config_file, dict):
+        config = config_file
+    else:
+        config = read_config(config_file) if config_file is not None else {}
     orbit = resolve_orbit(config, hints, orbit_cli)
     name = preset or config.get("preset") or default_preset
     if name not in PRESETS:

@@ -21,7 +21,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from recon.viewer import STATE_SECONDS, VIEWER_FILE, ViewerSplats
+from recon.constants import VIEWER_FILE
+from recon.viewer import STATE_SECONDS, ViewerSplats
 
 CHROMIUM = Path(os.environ.get("DROPLET3D_CHROMIUM", "/usr/bin/chromium"))
 MAX_PAGE_BYTES = 25 * 1024**2  # issue 23: the demo's page under 25 MB
