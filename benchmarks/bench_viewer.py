@@ -27,7 +27,7 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from recon_helpers import read_binary_ply  # noqa: E402
-from test_viewer import CHROMIUM, FOREGROUND, PLAYBACK_BAR_PX  # noqa: E402
+from test_viewer import CHROMIUM, FOREGROUND, PLAYBACK_BAR_PX, _iou, _mask, _show  # noqa: E402
 
 from recon.viewer import STATE_SECONDS  # noqa: E402
 
@@ -82,13 +82,7 @@ def viewer_shots(page_path: Path, size: int) -> tuple[float, list[np.ndarray]]:
         page.get_by_role("button").nth(1).click()  # pause
         for close in page.locator(".mantine-Notification-closeButton").all():
             close.click()
-        shots = []
-        for t in (0.5, 1.5, 2.5):
-            box = page.locator("input.mantine-NumberInput-input")
-            box.fill(f"{t * STATE_SECONDS:g}")
-            box.press("Enter")
-            page.wait_for_timeout(2500)
-            shots.append(np.asarray(Image.open(io.BytesIO(page.screenshot(clip=clip))).convert("RGB")))
+        shots = [_show(page, t * STATE_SECONDS) for t in (0.5, 1.5, 2.5)]
         browser.close()
     return first, shots
 
@@ -110,19 +104,14 @@ def main() -> None:
         Image.open(args.folder / "images" / "00000.png").convert("RGB").resize((args.size, args.size))
     )
 
-    def mask(image: np.ndarray, bg: np.ndarray) -> np.ndarray:
-        return np.abs(image.astype(int) - bg.astype(int)).sum(-1) > FOREGROUND
-
-    def iou(a: np.ndarray, b: np.ndarray) -> float:
-        return float((a & b).sum() / max(1, (a | b).sum()))
-
     white = np.array([255, 255, 255])
-    truth = mask(frame0, np.round(np.asarray(report["background"]["color"]) * 255))
+    truth = _mask(frame0, np.round(np.asarray(report["background"]["color"]) * 255))
     mse = np.mean((splats.astype(float) - ours.astype(float)) ** 2)
     print(f"viewer splats vs our render: PSNR {10 * np.log10(255**2 / mse):.2f} dB, "
-          f"IoU {iou(mask(splats, white), mask(ours, white)):.3f}")  # fmt: skip
-    print(f"IoU against frame 0: viewer splats {iou(mask(splats, white), truth):.3f}, viewer mesh "
-          f"{iou(mask(mesh, white), truth):.3f}, our render {iou(mask(ours, white), truth):.3f}")  # fmt: skip
+          f"IoU {_iou(_mask(splats, white), _mask(ours, white)):.3f}")  # fmt: skip
+    against = {name: _iou(_mask(image, white), truth) for name, image in
+               {"viewer splats": splats, "viewer mesh": mesh, "our render": ours}.items()}  # fmt: skip
+    print("IoU against frame 0: " + ", ".join(f"{name} {value:.3f}" for name, value in against.items()))
     if args.picture:
         row = np.concatenate([frame0, ours, splats, mesh, cameras], 1)
         Image.fromarray(row).resize((row.shape[1] // 2, row.shape[0] // 2)).save(args.picture)

@@ -26,15 +26,16 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from recon.frames import rotation_to_quaternion
 from recon.poses import GL_TO_CV, Cameras
+from recon.raster_torch import SH_C0, quat_to_rotmat
 
 STATE_SECONDS = 4.0  # how long each state of the loop (splats, mesh, cameras) stays before the next
 THUMBNAIL_PX = 64  # side of the frame thumbnails on the frustums
 FRUSTUM_SCALE = 0.06  # frustum depth, world units (the object is about 1 unit across)
 LABEL_GAP = 0.05  # world units between the object's lowest splat and the figures' label
-SH_C0 = 0.28209479177387814  # the DC band of the real spherical harmonics (= recon.raster_torch.SH_C0)
 
 
 @dataclass
@@ -52,13 +53,7 @@ class ViewerSplats:
         sh0: np.ndarray,
     ) -> ViewerSplats:  # fmt: skip
         """From gsplat's raw parametrisation (as `recon.fit.Splats` and the 3DGS .ply store it)."""
-        q = quats_wxyz / np.linalg.norm(quats_wxyz, axis=1, keepdims=True)
-        w, x, y, z = q.T
-        rot = np.stack([
-            1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y),
-            2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x),
-            2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y),
-        ], axis=-1).reshape(-1, 3, 3)  # fmt: skip
+        rot = quat_to_rotmat(torch.as_tensor(quats_wxyz, dtype=torch.float64)).numpy()
         variances = np.exp(2.0 * log_scales)
         covariances = np.einsum("nij,nj,nkj->nik", rot, variances, rot)
         rgbs = np.clip(0.5 + SH_C0 * sh0.reshape(-1, 3), 0.0, 1.0)

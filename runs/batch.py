@@ -21,7 +21,6 @@ import gc
 import json
 import math
 import os
-import shutil
 import signal
 import socket
 import sys
@@ -48,12 +47,12 @@ from runs.manifest import (
 )
 from runs.output import (
     STAGING_INFIX,
+    check_resumable_out,
     make_parent,
     out_lock,
     real_out,
     refuse_overlap,
     terminate_as_exit,
-    user_entries,
 )
 from runs.stages import run_folder
 
@@ -265,21 +264,6 @@ def write_atomically(path: Path, text: str) -> None:
     tmp.replace(path)
 
 
-def check_batch_out(out: Path, overwrite: bool) -> None:
-    """A batch folder (one holding batch.json) is resumed; any other non-empty folder needs --overwrite.
-
-    Call with the batch folder's lock held: the replacing happens here.
-    """
-    if out.exists() and not out.is_dir():
-        raise UsageError(f"--out {out} exists and is not a folder")
-    if out.is_dir() and user_entries(out) and not (out / BATCH_STATE).is_file():
-        if not overwrite:
-            raise UsageError(
-                f"--out {out} is not empty and holds no {BATCH_STATE}; pass --overwrite to replace it"
-            )
-        shutil.rmtree(out)
-
-
 # --------------------------------------------------------------------------- the batch
 @dataclass
 class Backend:
@@ -313,7 +297,7 @@ def run_batch(manifest: Path, out: Path, params: dict[str, Any], rows_options: R
     out = real_out(out)
     make_parent(out.parent)
     with out_lock(out), terminate_as_exit():
-        check_batch_out(out, params["overwrite"])
+        check_resumable_out(out, params["overwrite"], BATCH_STATE)
         out.mkdir(exist_ok=True)
         planner = RowPlanner(rows_options, params, manifest.resolve().parent, out)
         jobs, results = [], []

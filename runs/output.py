@@ -89,6 +89,21 @@ def check_out_dir(out: Path, overwrite: bool) -> None:
         raise UsageError(f"--out {out} exists and is not empty; pass --overwrite to replace it")
 
 
+def check_resumable_out(out: Path, overwrite: bool, state_file: str) -> None:
+    """A folder holding `state_file` (run.json, batch.json) is resumed; any other non-empty folder needs
+    --overwrite, and is removed here. A folder holding only our own leftovers (staging folders of a killed
+    run) counts as resumable. Call with the lock on `out` held: the replacing happens here.
+    """
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {out} exists and is not a folder")
+    if out.is_dir() and user_entries(out) and not (out / state_file).is_file():
+        if not overwrite:
+            raise UsageError(
+                f"--out {out} is not empty and holds no {state_file}; pass --overwrite to replace it"
+            )
+        shutil.rmtree(out)
+
+
 def make_parent(folder: Path) -> None:
     try:
         folder.mkdir(parents=True, exist_ok=True)

@@ -8,8 +8,7 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from runs.errors import UsageError
-from runs.output import STAGING_INFIX, user_entries
+from runs.output import STAGING_INFIX
 
 # --------------------------------------------------------------------------- run (resumable)
 RUN_STATE = "run.json"
@@ -65,22 +64,6 @@ class RunState:
         tmp = self.path.with_suffix(".tmp")
         tmp.write_text(json.dumps({"stages": self.stages}, indent=2))
         tmp.replace(self.path)
-
-
-def check_run_out(out: Path, overwrite: bool) -> None:
-    """A run folder may be resumed; any other non-empty folder needs --overwrite.
-
-    A folder holding only our own leftovers (staging folders of a killed run) counts as a run folder.
-    Call with the lock on `out` held: the replacing happens here.
-    """
-    if out.exists() and not out.is_dir():
-        raise UsageError(f"--out {out} exists and is not a folder")
-    if out.is_dir() and user_entries(out) and not (out / RUN_STATE).is_file():
-        if not overwrite:
-            raise UsageError(
-                f"--out {out} is not empty and holds no {RUN_STATE}; pass --overwrite to replace it"
-            )
-        shutil.rmtree(out)
 
 
 def remove_run_leftovers(out: Path) -> None:

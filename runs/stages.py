@@ -19,6 +19,7 @@ import typer
 from runs.errors import UsageError, warn
 from runs.output import (
     STAGING_INFIX,
+    check_resumable_out,
     make_parent,
     out_lock,
     real_out,
@@ -27,7 +28,7 @@ from runs.output import (
     terminate_as_exit,
 )
 from runs.params import export_options, fit_options, generate_config, generate_output_bytes, orbit_options
-from runs.resume import RunState, check_run_out, fingerprint, folder_digest, path_digest, remove_run_leftovers
+from runs.resume import RUN_STATE, RunState, fingerprint, folder_digest, path_digest, remove_run_leftovers
 
 if TYPE_CHECKING:
     from droplet3d.generate import GenerateConfig, GenerateResult
@@ -74,7 +75,7 @@ def run_folder(
     out = real_out(out)
     make_parent(out.parent)
     with out_lock(out), terminate_as_exit():
-        check_run_out(out, overwrite)
+        check_resumable_out(out, overwrite, RUN_STATE)
         out.mkdir(exist_ok=True)
         remove_run_leftovers(out)
         return run_stages(out, stages, quiet, generate, say)
