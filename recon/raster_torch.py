@@ -14,9 +14,11 @@ a CPU at small image sizes, and autograd supplies the backward pass:
   stopping before the gaussian that would take the transmittance to 1e-4 or below;
 * colour = sum(w_i c_i) + T_final * background, with SH colours ``max(SH(dir) + 0.5, 0)``.
 
-Speed comes from vectorising: pixels are grouped in 8x8 tiles, each tile gathers (padded) the
-depth-sorted gaussians whose bounding boxes touch it, and compositing is a cumulative sum of
-``log(1 - alpha)`` over all (pixel, gaussian) pairs of a chunk of tiles. Chunks keep memory bounded.
+Speed comes from vectorising and from skipping what does not count: pixels are grouped in 8x8 tiles,
+each tile gathers (padded) the depth-sorted gaussians whose bounding boxes touch it, one batched matmul
+per chunk of tiles finds the (pixel, gaussian) pairs whose alpha reaches 1/255 before the pixel's stop
+(about one in six at 128 px), and only those pairs are composited, with autograd, as per-pixel runs:
+prefix sums of ``log(1 - alpha)`` and a weighted sum. Chunks keep memory bounded.
 """
 
 from __future__ import annotations
@@ -158,6 +160,52 @@ def project(
     return means2d, conics, z, radii.to(torch.int32)
 
 
+LOG_T_STOP = math.log(T_STOP)
+LOG_INV_THRESHOLD = math.log(1.0 / ALPHA_THRESHOLD)  # alpha >= 1/255 <=> sigma - log(opacity) <= this
+
+
+class _Segments:
+    """Runs of equal keys in a sorted 1-D key tensor (the pairs of one pixel), for per-run prefix sums."""
+
+    def __init__(self, keys: Tensor) -> None:
+        n = len(keys)
+        first = torch.ones(n, dtype=torch.bool, device=keys.device)
+        first[1:] = keys[1:] != keys[:-1]
+        index = torch.arange(n, device=keys.device)
+        self.start = torch.where(first, index, torch.zeros_like(index)).cummax(0).values
+
+    def cumsum(self, x: Tensor) -> Tensor:
+        """Inclusive prefix sum of `x` within each run. One global sum in float64, minus each run's
+        start: float32 would lose the small late terms of a long sum."""
+        total = torch.cumsum(x.double(), 0)
+        before = total - x.double()
+        return (total - before[self.start]).to(x.dtype)
+
+
+def _tile_lists(
+    chunk: Tensor,
+    counts: Tensor,
+    tiles_x: int,
+    boxes: tuple[Tensor, Tensor, Tensor, Tensor],
+    k_max: int,
+    pad: int,
+) -> Tensor:
+    """[len(chunk), k_max] depth-sorted gaussian ids whose tile boxes touch each tile of `chunk` (padded
+    with `pad`); the boxes x0, x1, y0, y1 are in tile units, half-open, over the depth-sorted gaussians."""
+    x0, x1, y0, y1 = boxes
+    cx, cy = chunk % tiles_x, torch.div(chunk, tiles_x, rounding_mode="floor")
+    sub = (
+        (cx[:, None] >= x0[None]) & (cx[:, None] < x1[None])
+        & (cy[:, None] >= y0[None]) & (cy[:, None] < y1[None])
+    )  # fmt: skip  # [t, G]
+    row, col = torch.nonzero(sub, as_tuple=True)  # col ascending = front to back per row
+    first = torch.cumsum(counts[chunk], 0) - counts[chunk]
+    slot = torch.arange(len(row), device=chunk.device) - first[row]
+    index = torch.full((len(chunk), k_max), pad, device=chunk.device, dtype=torch.long)
+    index[row, slot] = col
+    return index
+
+
 def _composite_view(
     means2d: Tensor,  # [N, 2]
     conics: Tensor,  # [N, 3]
@@ -184,6 +232,8 @@ def _composite_view(
     out_feat = torch.zeros(n_tiles, tile_size * tile_size, D, device=device, dtype=dtype)
     out_T = torch.ones(n_tiles, tile_size * tile_size, device=device, dtype=dtype)
 
+    pair_gauss: list[Tensor] = []  # the (gaussian, pixel) pairs that count, chunk by chunk
+    pair_pixel: list[Tensor] = []
     ids = torch.nonzero((radii > 0).all(dim=-1) | (radii > 0).any(dim=-1)).squeeze(-1)
     if ids.numel() > 0:
         ids = ids[torch.argsort(depths.detach()[ids], stable=True)]  # front to back
@@ -217,14 +267,24 @@ def _composite_view(
         tile_c = torch.stack([tile_x.to(dtype) * tile_size + half, tile_y.to(dtype) * tile_size + half], -1)
         qx, qy = (lx - half).reshape(-1), (ly - half).reshape(-1)  # pixel centres relative to the tile's
         monomials = torch.stack([qx * qx, qy * qy, qx * qy, qx, qy, torch.ones_like(qx)], dim=-1)[None]
+        pixel_offsets = torch.stack([qx, qy], dim=-1)  # [P, 2]
 
-        g_mean = torch.cat([means2d[ids], means2d.new_zeros(1, 2)])  # the last row pads
-        g_conic = torch.cat([conics[ids], conics.new_zeros(1, 3)])
-        g_logop = torch.cat([torch.log(opacities[ids].clamp_min(1e-12)), opacities.new_full((1,), -1e4)])
-        g_feat = torch.cat([features[ids], features.new_zeros(1, D)])
+        # Each gaussian's image-space attributes in one table (the last row pads), so the differentiable
+        # part gathers, and its backward scatters, once: mean 0:2, conic 2:5, log opacity 5, features 6:.
+        table = torch.cat(
+            [means2d[ids], conics[ids], torch.log(opacities[ids].clamp_min(1e-12))[:, None], features[ids]], 1
+        )
+        pad_row = torch.cat([table.new_zeros(5), table.new_full((1,), -1e4), table.new_zeros(D)])
+        table = torch.cat([table, pad_row[None]])
         pad = len(ids)
         P = tile_size * tile_size
 
+        # 1. Which pairs count, chunk by chunk of tiles (no gradient): sigma - log(opacity) for every
+        #    (pixel, gaussian) pair as one batched matmul of the quadratic form's monomials, in coordinates
+        #    centred on each tile (keeps float32 exact enough): [t, P, 6] @ [t, 6, K] -> [t, P, K]. A pair
+        #    counts when its alpha reaches 1/255 and gsplat's stop has not come (the pixel's transmittance
+        #    stays above 1e-4). At 128 px about one pair in six counts, so everything after this, the
+        #    backward pass included, runs on those pairs only.
         start = 0
         while start < n_tiles:
             k_max = int(counts[order[start]])
@@ -234,52 +294,52 @@ def _composite_view(
             chunk = order[start : start + n_chunk]
             start += n_chunk
             with torch.no_grad():
-                cx, cy = chunk % tiles_x, torch.div(chunk, tiles_x, rounding_mode="floor")
-                sub = (
-                    (cx[:, None] >= x0[None]) & (cx[:, None] < x1[None])
-                    & (cy[:, None] >= y0[None]) & (cy[:, None] < y1[None])
-                )  # fmt: skip  # [t, G]
-                row, col = torch.nonzero(sub, as_tuple=True)  # col ascending = front to back per row
-                first = torch.cumsum(counts[chunk], 0) - counts[chunk]
-                slot = torch.arange(len(row), device=device) - first[row]
-                index = torch.full((len(chunk), k_max), pad, device=device, dtype=torch.long)
-                index[row, slot] = col
-            # sigma - log(opacity) for every (pixel, gaussian) pair as one batched matmul of the
-            # quadratic form's monomials, in coordinates centred on each tile (keeps float32 exact
-            # enough): [t, P, 6] @ [t, 6, K] -> [t, P, K].
-            mu = g_mean[index] - tile_c[chunk][:, None, :]  # [t, K, 2]
-            con = g_conic[index]  # [t, K, 3]
-            A, B, Cc = con[..., 0], con[..., 1], con[..., 2]
-            mx, my = mu[..., 0], mu[..., 1]
-            coeff = torch.stack(
-                [
-                    0.5 * A, 0.5 * Cc, B, -(A * mx + B * my), -(Cc * my + B * mx),
-                    0.5 * A * mx * mx + 0.5 * Cc * my * my + B * mx * my - g_logop[index],
-                ],
-                dim=1,
-            )  # fmt: skip
-            alpha = torch.exp(
-                -torch.bmm(monomials.expand(len(chunk), -1, -1), coeff)
-            )  # opacity * exp(-sigma)
-            # The conic is positive definite, so sigma >= 0 (gsplat's sigma < 0 test never fires).
-            keep = alpha >= ALPHA_THRESHOLD
-            alpha = torch.where(keep, torch.clamp(alpha, max=ALPHA_MAX), torch.zeros_like(alpha))
-            log_t = torch.cumsum(torch.log1p(-alpha), dim=-1)  # log of T after each gaussian
+                index = _tile_lists(chunk, counts, tiles_x, (x0, x1, y0, y1), k_max, pad)  # [t, K]
+                g = table.detach()[index]  # [t, K, 6 + D]
+                mx, my = (g[..., 0] - tile_c[chunk][:, None, 0]), (g[..., 1] - tile_c[chunk][:, None, 1])
+                A, B, Cc, logop = g[..., 2], g[..., 3], g[..., 4], g[..., 5]
+                coeff = torch.stack(
+                    [
+                        0.5 * A, 0.5 * Cc, B, -(A * mx + B * my), -(Cc * my + B * mx),
+                        0.5 * A * mx * mx + 0.5 * Cc * my * my + B * mx * my - logop,
+                    ],
+                    dim=1,
+                )  # fmt: skip
+                q = torch.bmm(monomials.expand(len(chunk), -1, -1), coeff).reshape(-1)
+                # Row-major order: each pixel's pairs are contiguous and front to back.
+                flat = torch.nonzero(q <= LOG_INV_THRESHOLD).squeeze(1)
+                t_i = torch.div(flat, P * k_max, rounding_mode="floor")
+                pixel = chunk[t_i] * P + torch.div(flat, k_max, rounding_mode="floor") % P
+                alpha = torch.exp(-q[flat]).clamp(max=ALPHA_MAX)
+                live = torch.nonzero(_Segments(pixel).cumsum(torch.log1p(-alpha)) > LOG_T_STOP).squeeze(1)
+                pair_gauss.append(index.reshape(-1)[(t_i * k_max + flat % k_max)[live]])
+                pair_pixel.append(pixel[live])
+
+    if pair_gauss:  # 2. The counted pairs, differentiable: alpha, the transmittance before each, the sum.
+        gauss, pixel = torch.cat(pair_gauss), torch.cat(pair_pixel)
+        segments = _Segments(pixel)
+        # Attribute-major, so each attribute of the pairs is one contiguous row (and the gather is fast).
+        cols = table.index_select(0, gauss).t()  # [6 + D, n]
+        tile = torch.div(pixel, P, rounding_mode="floor")
+        dx = cols[0] - tile_c[:, 0].index_select(0, tile) - pixel_offsets[:, 0].index_select(0, pixel % P)
+        dy = cols[1] - tile_c[:, 1].index_select(0, tile) - pixel_offsets[:, 1].index_select(0, pixel % P)
+        sigma = 0.5 * (cols[2] * dx * dx + cols[4] * dy * dy) + cols[3] * dx * dy
+        alpha = torch.exp(cols[5] - sigma).clamp(max=ALPHA_MAX)
+        log1m = torch.log1p(-alpha)
+        log_after = segments.cumsum(log1m)
+        weights = alpha * torch.exp(log_after - log1m)
+        n_px = n_tiles * P
+        feat = torch.zeros(n_px, D, device=device, dtype=dtype).index_add(0, pixel, (weights * cols[6:]).t())
+        log_t = torch.zeros(n_px, device=device, dtype=dtype).index_add(0, pixel, log1m)
+        if median_depth:  # the depth of the pair where the pixel's alpha first reaches depth_alpha
             with torch.no_grad():
-                live = log_t > math.log(T_STOP)  # gsplat stops before T would reach 1e-4
-            alpha = torch.where(live, alpha, torch.zeros_like(alpha))
-            log1m = torch.log1p(-alpha)
-            log_t = torch.cumsum(log1m, dim=-1)
-            weights = alpha * torch.exp(log_t - log1m)  # alpha_i * T_before_i
-            feat = torch.einsum("tpk,tkd->tpd", weights, g_feat[index])
-            if median_depth:
-                crossed = log_t <= math.log(1.0 - depth_alpha)  # [t, P, K]
-                first = torch.argmax(crossed.to(torch.uint8), dim=-1)  # [t, P]
-                depth_k = g_feat[index][..., -1]  # [t, K]
-                md = torch.gather(depth_k, 1, first) * crossed.any(dim=-1)
-                feat = torch.cat([feat[..., :-1], md[..., None]], dim=-1)
-            out_feat[chunk] = feat
-            out_T[chunk] = torch.exp(log_t[..., -1])
+                crossed = torch.nonzero(log_after <= math.log(1.0 - depth_alpha)).squeeze(1)
+                first = torch.full((n_px,), len(gauss), device=device, dtype=torch.long)
+                first.scatter_reduce_(0, pixel[crossed], crossed, "amin")
+                depth = torch.cat([cols[-1].detach(), cols.new_zeros(1)])
+                feat = torch.cat([feat[:, :-1], depth[first][:, None]], dim=-1)
+        out_feat = feat.reshape(n_tiles, P, D)
+        out_T = torch.exp(log_t).reshape(n_tiles, P)
 
     def untile(x: Tensor) -> Tensor:
         x = x.reshape(tiles_y, tiles_x, tile_size, tile_size, -1).permute(0, 2, 1, 3, 4)
