@@ -100,8 +100,9 @@ def test_compositing_matches_a_per_pixel_reference() -> None:
 
 
 def dense_composite(means2d, conics, depths, radii, opacities, colors, width, height):
-    """Every (pixel, gaussian) pair at once, differentiated by autograd: the reference for the
-    rasteriser's written-out backward pass. Same rules as gsplat's kernel (threshold, clamp, stop)."""
+    """Every (pixel, gaussian) pair at once, differentiated by autograd: the reference for the gradients
+    of the rasteriser, which composites only the pairs that count. Same rules as gsplat's kernel
+    (threshold, clamp, stop)."""
     keep = (radii > 0).any(-1)
     order = torch.argsort(depths.detach().masked_fill(~keep, float("inf")))[: int(keep.sum())]
     ys, xs = torch.meshgrid(torch.arange(height) + 0.5, torch.arange(width) + 0.5, indexing="ij")
@@ -120,8 +121,8 @@ def dense_composite(means2d, conics, depths, radii, opacities, colors, width, he
     return image.reshape(height, width, -1), 1 - t_after[:, -1].reshape(height, width, 1)
 
 
-def test_the_written_out_backward_matches_autograd_on_every_pair() -> None:
-    """`_Composite`'s hand-written gradients equal autograd's through the dense per-pair maths."""
+def test_gradients_match_autograd_through_every_pair() -> None:
+    """Skipping the pairs that do not count, and the per-pixel prefix sums, change no gradient."""
     leaves = [t.clone().double().requires_grad_(True) for t in random_gaussians(200, seed=7, log_scale=-2.5)]
     with torch.no_grad():
         leaves[3][:30] = 0.995  # opaque ones exercise the clamp and the transmittance stop
