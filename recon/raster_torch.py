@@ -161,6 +161,7 @@ def project(
 
 
 LOG_T_STOP = math.log(T_STOP)
+Q_MAX = 16.0  # exp(-16) = 1e-7: far under ALPHA_THRESHOLD even at opacity 1
 LOG_INV_THRESHOLD = math.log(1.0 / ALPHA_THRESHOLD)  # alpha >= 1/255 <=> sigma - log(opacity) <= this
 
 
@@ -206,6 +207,30 @@ def _tile_lists(
     return index
 
 
+def _composite_dense(
+    q: Tensor, feat: Tensor, median_depth: bool, depth_alpha: float
+) -> tuple[Tensor, Tensor]:
+    """Every pair of a chunk at once, without gradient: q = sigma - log(opacity) [t, P, K] (gaussians front
+    to back), features [t, K, D] -> colours [t, P, D] and transmittance [t, P]. With `median_depth` the
+    last channel becomes the depth of the gaussian where the alpha first reaches `depth_alpha`."""
+    # Past Q_MAX the alpha is far under the threshold; clamping first keeps exp off its slow path for
+    # arguments whose result underflows (10x slower per element on x86 CPUs, and most pairs are there).
+    alpha = torch.exp(q.clamp_(max=Q_MAX).neg_())
+    alpha = torch.where(alpha >= ALPHA_THRESHOLD, alpha.clamp(max=ALPHA_MAX), torch.zeros_like(alpha))
+    log1m = torch.log1p(-alpha)
+    log_t = torch.cumsum(log1m, dim=-1)
+    live = log_t > LOG_T_STOP  # log T only falls along K: the live gaussians are a prefix
+    alpha, log1m = alpha * live, log1m * live
+    log_t = torch.where(live, log_t, log1m.sum(dim=-1, keepdim=True))  # T stays at its last live value
+    out = torch.bmm(alpha * torch.exp(log_t - log1m), feat)
+    if median_depth:
+        crossed = log_t <= math.log(1.0 - depth_alpha)  # [t, P, K]
+        first = torch.argmax(crossed.to(torch.uint8), dim=-1)  # [t, P]
+        depth = torch.gather(feat[..., -1], 1, first) * crossed.any(dim=-1)
+        out = torch.cat([out[..., :-1], depth[..., None]], dim=-1)
+    return out, torch.exp(log_t[..., -1])
+
+
 def _composite_view(
     means2d: Tensor,  # [N, 2]
     conics: Tensor,  # [N, 3]
@@ -232,6 +257,12 @@ def _composite_view(
     out_feat = torch.zeros(n_tiles, tile_size * tile_size, D, device=device, dtype=dtype)
     out_T = torch.ones(n_tiles, tile_size * tile_size, device=device, dtype=dtype)
 
+    # With autograd, only the pairs that count are composited (step 2): far less to keep and walk back
+    # through. Without it, compositing every pair of a chunk densely is faster (fewer, simpler passes;
+    # 3.5x at 512 px, the bake's renders), so no-gradient renders stay dense.
+    differentiable = torch.is_grad_enabled() and any(
+        t.requires_grad for t in (means2d, conics, opacities, features)
+    )
     pair_gauss: list[Tensor] = []  # the (gaussian, pixel) pairs that count, chunk by chunk
     pair_pixel: list[Tensor] = []
     ids = torch.nonzero((radii > 0).all(dim=-1) | (radii > 0).any(dim=-1)).squeeze(-1)
@@ -305,7 +336,11 @@ def _composite_view(
                     ],
                     dim=1,
                 )  # fmt: skip
-                q = torch.bmm(monomials.expand(len(chunk), -1, -1), coeff).reshape(-1)
+                q = torch.bmm(monomials.expand(len(chunk), -1, -1), coeff)
+                if not differentiable:
+                    out_feat[chunk], out_T[chunk] = _composite_dense(q, g[..., 6:], median_depth, depth_alpha)
+                    continue
+                q = q.reshape(-1)
                 # Row-major order: each pixel's pairs are contiguous and front to back.
                 flat = torch.nonzero(q <= LOG_INV_THRESHOLD).squeeze(1)
                 t_i = torch.div(flat, P * k_max, rounding_mode="floor")

@@ -83,19 +83,22 @@ def reference_composite(means2d, conics, depths, radii, opacities, colors, width
     return image
 
 
-def test_compositing_matches_a_per_pixel_reference() -> None:
+@pytest.mark.parametrize("differentiable", [False, True], ids=["dense, no gradient", "pairs that count"])
+def test_compositing_matches_a_per_pixel_reference(differentiable: bool) -> None:
     means, quats, scales, opacities, colors = random_gaussians(250, seed=3, log_scale=-2.5)
     opacities[:40] = 0.995  # opaque ones exercise the 0.999 clamp and the 1e-4 transmittance stop
+    colors.requires_grad_(differentiable)  # the rasteriser composites each way
     vm, K = cameras(1, 24)
     bg = torch.tensor([[0.9, 0.8, 0.7]])
     image, alpha, info = rasterize_torch(
         means, quats, scales, opacities, colors, vm, K, 24, 24, backgrounds=bg
     )
     ref = reference_composite(
-        info["means2d"][0], info["conics"][0], info["depths"][0], info["radii"][0], opacities, colors, 24, 24,
-        bg[0].tolist(),
+        info["means2d"][0], info["conics"][0], info["depths"][0], info["radii"][0], opacities,
+        colors.detach(), 24, 24, bg[0].tolist(),
     )  # fmt: skip
-    np.testing.assert_allclose(image[0].numpy(), ref, atol=2e-5)
+    assert image.requires_grad == differentiable
+    np.testing.assert_allclose(image[0].detach().numpy(), ref, atol=2e-5)
     assert 0.1 < alpha.mean() < 0.99
 
 
