@@ -24,7 +24,6 @@ from pathlib import Path
 from typing import Any
 
 from recon.asset import ExportConfig
-from recon.constants import MAX_FIT_RESOLUTION, MAX_ITERATIONS, MAX_SH_DEGREE, MIN_FIT_RESOLUTION
 from recon.errors import ReconError
 from recon.fit import FitConfig
 from recon.mesh import MeshConfig
@@ -68,35 +67,6 @@ def read_config(path: Path) -> dict[str, Any]:
 def default_orbit() -> OrbitConfig:
     """The Droplet3D orbit preset."""
     return OrbitConfig().updated(read_config(asset_path("orbit_droplet3d.json"))["orbit"], "orbit preset")
-
-
-# Sane ranges of the settings whose extremes exhaust memory or make no sense. Checked only for fields
-# that exist, so the table never blocks a renamed or new field (types are checked for all of them).
-RANGES: dict[str, dict[str, tuple[float, float]]] = {
-    "fit": {
-        "iterations": (1, MAX_ITERATIONS), "resolution": (MIN_FIT_RESOLUTION, MAX_FIT_RESOLUTION),
-        "hull_resolution": (8, 512), "init_points": (1, 10_000_000), "max_gaussians": (1, 100_000_000),
-        "sh_degree": (0, MAX_SH_DEGREE),
-        "lr_appearance": (0.0, 1.0),
-    },
-    "mesh": {
-        "voxels": (8, 1024), "render_size": (16, 4096), "extra_views": (0, 360), "trunc_voxels": (0.5, 64),
-        "alpha_min": (0.0, 1.0), "alpha_solid": (0.0, 1.0), "keep_fraction": (0.0, 1.0),
-        "depth_alpha": (0.01, 0.99), "carve_voxels": (0.0, 64), "clip_sigmas": (0.0, 6.0),
-        "outline_px": (0, 64), "hidden_views": (0, 10_000),
-        "thin_px": (0, 16), "support_share": (0.0, 1.0),
-        "support_voxels": (0.0, 64),
-    },
-}  # fmt: skip
-
-
-def check_ranges(section: str, settings: Any) -> Any:
-    """Raise ReconError for a `section` setting outside its range in RANGES; return `settings`."""
-    for name, (low, high) in RANGES[section].items():
-        value = getattr(settings, name, None)
-        if isinstance(value, (int, float)) and not isinstance(value, bool) and not low <= value <= high:
-            raise ReconError(f"{section} setting {name} must be between {low:g} and {high:g}, got {value!r}")
-    return settings
 
 
 @dataclass
@@ -161,5 +131,5 @@ def resolve_settings(
     export = export.updated(config_export, "config mesh")
     fit = fit.updated({k: v for k, v in (fit_cli or {}).items() if v is not None}, "fit option")
     export = export.updated({k: v for k, v in (export_cli or {}).items() if v is not None}, "export option")
-    fit = check_ranges("fit", fit).validate()
-    return Settings(orbit, fit, check_ranges("mesh", mesh).validate(), name, export.validate())
+    fit = fit.validate()
+    return Settings(orbit, fit, mesh.validate(), name, export.validate())

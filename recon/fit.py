@@ -41,9 +41,10 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from recon.background import Background, find_background
+from recon.constants import MAX_FIT_RESOLUTION, MAX_ITERATIONS, MAX_SH_DEGREE, MIN_FIT_RESOLUTION
 from recon.errors import ReconError
 from recon.hull import VisualHull, carve_visual_hull, project_points, working_half_size
-from recon.overrides import with_overrides
+from recon.overrides import bounded, check_bounds, with_overrides
 from recon.poses import Cameras
 from recon.raster import rasterize, resolve_device
 from recon.raster_torch import SH_C0
@@ -68,12 +69,14 @@ FRACTIONS = (
 class FitConfig:
     """Training settings. Presets in `recon/assets/recon_{fast,quality}.json`."""
 
-    iterations: int = 1500
-    sh_degree: int = 1  # 0..3
-    resolution: int = 128  # longest side used for training (frames are downscaled, never upscaled)
+    iterations: int = bounded(1500, 1, MAX_ITERATIONS)
+    sh_degree: int = bounded(1, 0, MAX_SH_DEGREE)
+    resolution: int = bounded(
+        128, MIN_FIT_RESOLUTION, MAX_FIT_RESOLUTION
+    )  # longest side used for training (frames are downscaled, never upscaled)
     init: str = "hull"  # "hull" (silhouette visual hull surface) or "random" (inside the hull's box)
-    init_points: int = 6000
-    hull_resolution: int = 64  # voxels per side of the visual-hull grid
+    init_points: int = bounded(6000, 1, 10_000_000)
+    hull_resolution: int = bounded(64, 8, 512)  # voxels per side of the visual-hull grid
     hull_min_seen: float = 0.5  # share of the views that must see a voxel in their frame for it to be kept
     hull_tolerance: float = 0.05  # share of the seeing views that may show background without carving
     init_opacity: float = 0.5
@@ -101,7 +104,9 @@ class FitConfig:
     reset_every_fraction: float = 0.3  # opacity resets at multiples of this (>= 200 steps), before the stop
     sh_degree_fraction: float = 0.1  # raise the active SH degree every this fraction of the run
     grow_grad2d: float = 0.0002
-    max_gaussians: int = 20000  # growth stops here (the CPU rasteriser's cost is linear in it)
+    max_gaussians: int = bounded(
+        20000, 1, 100_000_000
+    )  # growth stops here (the CPU rasteriser's cost is linear in it)
     seed: int = 0
     device: str = "auto"
     # Pose refinement (`recon.pose_refine`): every frame's camera and the focal length move with the splats.
@@ -118,19 +123,13 @@ class FitConfig:
     # Per-frame exposure and white balance (`recon.appearance`): a gain and an offset per frame and
     # channel, learnt with the splats and not exported, for generated orbits whose exposure drifts.
     appearance: bool = False
-    lr_appearance: float = 2e-2  # per visit (Adam); a frame is seen once every N steps
+    lr_appearance: float = bounded(2e-2, 0.0, 1.0)  # per visit (Adam); a frame is seen once every N steps
 
     def validate(self) -> FitConfig:
-        if not isinstance(self.iterations, int) or self.iterations < 1:
-            raise ReconError(f"iterations must be a positive integer, got {self.iterations!r}")
-        if self.sh_degree not in (0, 1, 2, 3):
-            raise ReconError(f"sh-degree must be 0, 1, 2 or 3, got {self.sh_degree!r}")
+        """Raise ReconError for a field outside its bounds, or a choice or fraction no fit can use."""
+        check_bounds(self, "fit")
         if self.init not in ("hull", "random"):
             raise ReconError(f"init must be 'hull' or 'random', got {self.init!r}")
-        if not isinstance(self.resolution, int) or self.resolution < 16:
-            raise ReconError(f"resolution must be an integer >= 16, got {self.resolution!r}")
-        if self.init_points < 1 or self.hull_resolution < 8:
-            raise ReconError("init-points must be >= 1 and hull-resolution >= 8")
         for name in FRACTIONS:
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:

@@ -27,7 +27,7 @@ import torch
 from recon.errors import ReconError
 from recon.fit import Splats
 from recon.hull import VisualHull, pixel_index, project_points
-from recon.overrides import with_overrides
+from recon.overrides import bounded, check_bounds, with_overrides
 from recon.pose_refine import orbit_angles
 from recon.poses import Cameras, look_at_c2w, orbit_positions
 from recon.surface import nearest_index
@@ -35,36 +35,36 @@ from recon.surface import nearest_index
 
 @dataclass
 class MeshConfig:
-    voxels: int = 160  # TSDF voxels across the object's largest extent
-    trunc_voxels: float = 4.0  # TSDF truncation, in voxels
-    render_size: int = 160  # side of the depth renders
+    voxels: int = bounded(160, 8, 1024)  # TSDF voxels across the object's largest extent
+    trunc_voxels: float = bounded(4.0, 0.5, 64)  # TSDF truncation, in voxels
+    render_size: int = bounded(160, 16, 4096)  # side of the depth renders
     # Views in an extra ring beyond the orbit, on the side it looks from. Off by default: where the fit
     # left a surface the orbit saw only at a grazing angle (a box's top) half-transparent, those renders
     # see through it and carve the object's inside (the far-vertex share of the tall benchmark scene
     # went from 13% to 47% with 24 of them); unseen space is closed from the hull instead.
-    extra_views: int = 0
-    alpha_min: float = 0.5  # pixels with less coverage are treated as background
+    extra_views: int = bounded(0, 0, 360)
+    alpha_min: float = bounded(0.5, 0.0, 1.0)  # pixels with less coverage are treated as background
     # Outline pixels (within `outline_px` of the background) with coverage between `alpha_min` and this
     # abstain: neither surface nor free space. There the first-surface depth of a soft edge can fall
     # anywhere in the space behind it (under a box's bottom edge: the hull's hidden cone); fusing them put
     # the closed underside of the panda benchmark scene 0.09 too low (6.7% far vertices; 0.6% when they
     # abstain). Inside the silhouette such pixels still fuse: their rays carve the object's inside free of
     # inner walls.
-    alpha_solid: float = 0.95
-    outline_px: int = 2
+    alpha_solid: float = bounded(0.95, 0.0, 1.0)
+    outline_px: int = bounded(2, 0, 64)
     # Thin parts (foreground that an opening of this many pixels removes: legs, handles, antennae) are
     # all outline, so the rule above would leave them no surface votes while the background beside them
     # carves them; they always fuse (0: off). Measured with `support_share` (bench_thin_parts, legs 1%
     # of the object wide, CPU preset fit): 8 of 8 legs kept and the glb 24.8 dB between the views,
     # against 2 of 8 and 19.9 dB without; legs 1.8% wide and bench_every_side unchanged.
-    thin_px: int = 1
+    thin_px: int = bounded(1, 0, 16)
     # Gaussians whose centre lies farther than this many voxels outside the fused, closed surface are
     # removed from the splats. The views see the hull's hidden cone under an object only through its
     # outline, so the fit parks edge gaussians there; from below they hang under the object as a haze
     # (bench_every_side 'below': tall 22.8 -> 23.5 dB, dark 21.9 -> 23.0, panda unchanged; 1 voxel gains
     # more below but costs the dark scene 0.8 dB from above). 0 keeps every gaussian; it must stay under
     # `trunc_voxels`, beyond which the fused distance is clipped.
-    carve_voxels: float = 2.0
+    carve_voxels: float = bounded(2.0, 0.0, 64)
     # Space no view observed (the hull's hidden cone under an object) is empty: a gaussian centred there
     # outside the surface is removed at any distance, and every gaussian's axes are shortened until its
     # `clip_sigmas` extent no longer reaches into that space outside the surface. In observed space the
@@ -72,26 +72,27 @@ class MeshConfig:
     # (bench_every_side 'below', between and above unchanged within 0.05 dB): tall 23.9 -> 25.5 dB, dark
     # 23.2 -> 25.0, panda 25.2 -> 25.3; clipping in observed space too cost dark 0.4-2.7 dB between
     # the training views. 0 turns the clip off (the carve of unobserved space stays).
-    clip_sigmas: float = 3.0
-    keep_fraction: float = 0.1  # keep components with at least this fraction of the largest's faces
+    clip_sigmas: float = bounded(3.0, 0.0, 6.0)
+    keep_fraction: float = bounded(0.1, 0.0, 1.0)  # keep components with >= this share of the largest's faces
     # A smaller component stays too when at least this share of its faces lie on the surface the splats
     # show (within `support_voxels` of a fused first-surface depth): a leg cut off from the body by a gap
     # is still a leg, a floater the views carved is not (0: only the size rule).
-    support_share: float = 0.5
-    support_voxels: float = 2.0
+    support_share: float = bounded(0.5, 0.0, 1.0)
+    support_voxels: float = bounded(2.0, 0.0, 64)
     # Faces that no ray from this many directions around the object reaches are removed (0 keeps them).
     # A surface the orbit saw only at a grazing angle (a box's top) can be half-transparent in the fit;
     # a view's rays then pass it and carve thin slits into the object, whose walls mesh as inner sheets
     # nobody can see: 11% of the surface area of the export benchmark's quality-preset mesh, all of it
     # spent from the face budget and shipped to the DCC tool as hidden junk.
-    hidden_views: int = 100
+    hidden_views: int = bounded(100, 0, 10_000)
     # Depth is read where a pixel's accumulated alpha first reaches this: the first surface. At the
     # median (0.5) a surface the fit left half-transparent gives the depth of the object's far side,
     # and the TSDF then carves the object's inside and fuses inner walls.
-    depth_alpha: float = 0.25
+    depth_alpha: float = bounded(0.25, 0.01, 0.99)
 
     def validate(self) -> MeshConfig:
-        """Raise ReconError for settings that are each in range but do not fit together."""
+        """Raise ReconError for a field outside its bounds, or settings that do not fit together."""
+        check_bounds(self, "mesh")
         if self.carve_voxels > 0 and self.carve_voxels >= self.trunc_voxels:
             raise ReconError(
                 f"mesh carve_voxels ({self.carve_voxels:g}) must be below "

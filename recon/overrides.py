@@ -1,5 +1,9 @@
 """Layered settings: presets, config files and command-line options override dataclass fields.
 
+A field whose extremes exhaust memory or make no sense declares its bounds where it is defined, with
+its default (`bounded`); `check_bounds` checks the resolved settings against them, so there is no
+separate table of ranges to keep in step with the fields.
+
 Every override is checked against the type the dataclass field declares (`int`, `float`, `str`,
 `bool`, or a union of them) and numbers must be finite, before any work starts. The check reads the
 annotations at run time, so it keeps working when fields are added, renamed or retyped: no list of
@@ -56,6 +60,25 @@ def check_value(name: str, kind: Any, value: Any, where: str) -> None:
     is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
     if is_number and (not math.isfinite(value) or abs(value) > MAX_MAGNITUDE):
         raise ReconError(f"{where} setting {name} must be a finite number of at most {MAX_MAGNITUDE:g}")
+
+
+def bounded(default: Any, low: float, high: float) -> Any:
+    """A dataclass field with its default and the closed range [low, high] its value must lie in."""
+    return dataclasses.field(default=default, metadata={"bounds": (low, high)})
+
+
+def bounds(settings_type: Any) -> dict[str, tuple[float, float]]:
+    """Every bounded field of a settings dataclass (type or instance): name -> (low, high)."""
+    return {f.name: f.metadata["bounds"] for f in dataclasses.fields(settings_type) if "bounds" in f.metadata}
+
+
+def check_bounds(settings: T, section: str) -> T:
+    """Raise ReconError for a field of `settings` outside its declared bounds; return `settings`."""
+    for name, (low, high) in bounds(settings).items():
+        value = getattr(settings, name)
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and not low <= value <= high:
+            raise ReconError(f"{section} setting {name} must be between {low:g} and {high:g}, got {value!r}")
+    return settings
 
 
 def with_overrides(settings: T, data: dict[str, Any], where: str) -> T:

@@ -115,6 +115,26 @@ def test_config_values_of_the_wrong_type_are_rejected_before_any_work(
     assert_user_error(runner.invoke(app, args), out, needle)
 
 
+@pytest.mark.parametrize("section", ["fit", "mesh"])
+def test_every_bounded_setting_refuses_a_value_just_outside_its_bounds(section: str) -> None:
+    """Bounds are declared on the settings' fields (`recon.overrides.bounded`), and a config file cannot
+    step past any of them, on either side."""
+    from recon.config import resolve_settings
+    from recon.errors import ReconError
+    from recon.fit import FitConfig
+    from recon.mesh import MeshConfig
+    from recon.overrides import bounds
+
+    defaults = FitConfig() if section == "fit" else MeshConfig()
+    declared = bounds(defaults)
+    assert len(declared) >= 7
+    for name, (low, high) in declared.items():
+        step = 1 if isinstance(getattr(defaults, name), int) else 0.5
+        for value in (low - step, high + step):
+            with pytest.raises(ReconError, match=f"{name} must be between"):
+                resolve_settings({section: {name: value}})
+
+
 def test_non_finite_config_numbers_are_rejected(video: Path, tmp_path: Path) -> None:
     path = tmp_path / "config.json"
     path.write_text('{"fit": {"ssim_lambda": NaN}, "orbit": {"elevation": Infinity}}')
