@@ -1,7 +1,8 @@
 """CPU rasteriser speed (issue 25: a 21-frame 128 px orbit in under 90 s is mostly the fit's steps).
 
-Splats like a fit's (about 15k gaussians on the tall textured scene's surface at the fast preset's
-sizes) rendered by `recon.raster_torch` on one thread pool, as the fit and the bake use it:
+The splats of a real fit (the fast preset on the generated-like benchmark's 21-frame 128 px clean orbit
+of the textured scene, true cameras; about 15k gaussians, fitted once and kept in ``--cache``) rendered
+by `recon.raster_torch` the way the fit and the export use it:
 
 * a training step: forward and backward of one 128 px view (the fit runs 600 of them);
 * a no-gradient render of one view at 512 px and at 160 px (the bake's and the mesh's renders).
@@ -9,56 +10,51 @@ sizes) rendered by `recon.raster_torch` on one thread pool, as the fit and the b
 Each figure is the best of ``--repeats`` passes over the views (this machine's timings drift by 15-20%
 between runs; the best pass is the least disturbed).
 
-    python benchmarks/bench_raster.py [--gaussians 15000] [--views 21] [--repeats 3] [--seed 0]
+    python benchmarks/bench_raster.py [--cache DIR] [--repeats 3]
 """
 
 from __future__ import annotations
 
 import argparse
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
+from bench_generated import SCENES, render_path, true_cameras, true_path
+from fit_cache import cached_fit
 
-from recon import synthetic
-from recon.poses import focal_from_fov
+from recon.config import resolve_settings
+from recon.fit import fit
+from recon.poses import Cameras
 from recon.raster_torch import rasterize_torch
 
-ELEVATION, RADIUS, FOV = 20.0, 2.0, 40.0  # the generated-like benchmark's orbit
+FRAMES = 21  # the published sample orbits' length
 TRAIN_SIZE, BAKE_SIZE, MESH_SIZE = 128, 512, 160  # the fast preset's fit, the bake, the depth renders
+RENDER_VIEWS = 8  # no-gradient renders timed per size
 
 
-def fit_like_splats(n: int, seed: int) -> dict[str, torch.Tensor]:
-    """`n` gaussians on the scene's surface (ray-cast hit points of a dense orbit), a fit's sizes: about
-    a pixel at 128 px, mostly opaque, SH degree 1."""
-    rng = np.random.default_rng(seed)
-    scene = synthetic.tall_textured_scene()
-    c2w = synthetic.orbit_c2w(np.linspace(0, 360, 24, endpoint=False), ELEVATION, RADIUS)
-    _, depth = synthetic.render(c2w, FOV, 64, scene, 1, (1.0, 1.0, 1.0))
-    points = []
-    for view, d in zip(c2w, depth, strict=True):  # back-project every hit pixel
-        v, u = np.nonzero(np.isfinite(d))
-        f = focal_from_fov(FOV, 64)
-        rays = np.stack([(u + 0.5 - 32) / f, (v + 0.5 - 32) / f, np.ones_like(u, dtype=float)], -1)
-        points.append((rays * d[v, u][:, None]) @ view[:3, :3].T + view[:3, 3])
-    points = np.concatenate(points)
-    points = points[rng.choice(len(points), n, replace=len(points) < n)]
-    points += rng.normal(0, 0.003, points.shape)
-    g = torch.Generator().manual_seed(seed)
-    return {
-        "means": torch.tensor(points, dtype=torch.float32),
-        "quats": torch.randn(n, 4, generator=g),
-        "scales": torch.randn(n, 3, generator=g) * 0.3 + np.log(0.012),
-        "opacities": torch.randn(n, generator=g) + 1.5,
-        "sh": torch.randn(n, 4, 3, generator=g) * 0.2,
-    }
+def fitted_splats(cache: Path | None) -> tuple[Cameras, dict[str, torch.Tensor]]:
+    """The fit's training cameras and its splats as the fit renders them (log scales, logit opacities,
+    SH coefficients)."""
+
+    def run():
+        path = true_path(FRAMES, set(), np.random.default_rng(0))
+        frames, _ = render_path(path, TRAIN_SIZE, SCENES["textured"]())
+        cfg = resolve_settings(None).fit.updated({"device": "cpu"})
+        return fit(frames, true_cameras(path, TRAIN_SIZE), cfg, progress=False)
+
+    splats, cams, _ = cached_fit(None if cache is None else cache / "bench_raster_fit.pt", run)
+    return cams, {
+        "means": splats.means, "quats": splats.quats, "scales": splats.scales,
+        "opacities": splats.opacities, "sh": torch.cat([splats.sh0, splats.shN], 1),
+    }  # fmt: skip
 
 
-def cameras(views: int, size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    c2w = synthetic.orbit_c2w(np.linspace(0, 360, views, endpoint=False), ELEVATION, RADIUS)
-    f = focal_from_fov(FOV, size)
-    K = torch.tensor([[f, 0, size / 2], [0, f, size / 2], [0, 0, 1]], dtype=torch.float32)
-    return torch.linalg.inv(torch.tensor(c2w, dtype=torch.float32)), K
+def view_matrices(cams: Cameras, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The training cameras' view matrices [V, 4, 4] and intrinsics [3, 3] for `size` px renders."""
+    scaled = cams.scaled(size, size)
+    return torch.tensor(scaled.viewmats(), dtype=torch.float32), torch.tensor(scaled.K(), dtype=torch.float32)
 
 
 def render(params: dict[str, torch.Tensor], viewmat: torch.Tensor, K: torch.Tensor, size: int, mode: str):
@@ -81,14 +77,12 @@ def per_view_ms(step, views: int, repeats: int) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--gaussians", type=int, default=15000)
-    parser.add_argument("--views", type=int, default=21)
+    parser.add_argument("--cache", type=Path, default=None, help="Folder to keep the fit in.")
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
-    splats = fit_like_splats(args.gaussians, args.seed)
+    cams, splats = fitted_splats(args.cache)
 
-    train_vm, train_K = cameras(args.views, TRAIN_SIZE)
+    train_vm, train_K = view_matrices(cams, TRAIN_SIZE)
 
     def train_step(i: int) -> None:
         params = {k: v.clone().requires_grad_(True) for k, v in splats.items()}
@@ -98,20 +92,20 @@ def main() -> None:
     rows = [
         (
             f"training step, {TRAIN_SIZE} px, forward + backward",
-            per_view_ms(train_step, args.views, args.repeats),
+            per_view_ms(train_step, FRAMES, args.repeats),
         )
     ]
     for size, what in ((BAKE_SIZE, "bake render"), (MESH_SIZE, "depth render")):
-        vm, K = cameras(min(args.views, 8), size)
+        vm, K = view_matrices(cams.subset(np.arange(RENDER_VIEWS)), size)
 
         def no_grad_render(i: int, vm=vm, K=K, size=size) -> None:
             with torch.no_grad():
                 render(splats, vm[i], K, size, "RGB+MD")
 
         rows.append(
-            (f"{what}, {size} px, no gradient", per_view_ms(no_grad_render, min(args.views, 8), args.repeats))
+            (f"{what}, {size} px, no gradient", per_view_ms(no_grad_render, RENDER_VIEWS, args.repeats))
         )
-    print(f"{args.gaussians} gaussians, {torch.get_num_threads()} threads, best of {args.repeats}")
+    print(f"{len(splats['means'])} gaussians, {torch.get_num_threads()} threads, best of {args.repeats}")
     for name, ms in rows:
         print(f"  {name:45s} {ms:7.1f} ms/view")
 
