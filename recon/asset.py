@@ -24,13 +24,13 @@ from typing import Any
 
 import numpy as np
 
-from recon.constants import MIN_FACES, MIN_TEXTURE_SIZE
+from recon.constants import MAX_TEXTURE_SIZE, MIN_FACES, MIN_TEXTURE_SIZE
 from recon.errors import ReconError
 from recon.export import SPLAT_FORMATS, write_splats
 from recon.fit import Splats
 from recon.frames import splats_to_asset
 from recon.mesh_files import colored_mesh, textured_mesh, write_glb, write_obj, write_ply
-from recon.overrides import with_overrides
+from recon.overrides import bounded, check_bounds, with_overrides
 from recon.poses import Cameras
 from recon.surface import decimate, smooth_surface, unit_vertex_normals
 from recon.texture import (
@@ -50,22 +50,22 @@ class ExportConfig:
     # Face budget: quadric decimation down to at most this many faces (0 keeps every TSDF face).
     faces: int = 50_000
     # Side of the square base-colour texture, in texels.
-    texture_size: int = 2048
+    texture_size: int = bounded(2048, MIN_TEXTURE_SIZE, MAX_TEXTURE_SIZE)
     # Per-vertex colour instead of a UV texture (smaller file, far less colour detail).
     vertex_colors: bool = False
     # Splat file: "ply" (standard 3DGS, most viewers), "splat" (antimatter15 viewer, SH degree 0),
     # "ply-compressed" (SuperSplat's compressed ply).
     splat_format: str = "ply"
     # Taubin smoothing passes on the TSDF surface (0 = off): removes voxel-scale lumps, keeps volume.
-    smooth_iterations: int = 10
+    smooth_iterations: int = bounded(10, 0, 1000)
     # Width of the splat renders colours are projected from; texture detail is capped by it. Never wider
     # than the frames: on 128 px frames renders at 128 and 512 px give the same glb (24.40 / 24.12 /
     # 23.25 / 21.51 dB at training views / between / above / below, benchmarks/RESULTS.md) in half the time.
-    bake_size: int = 512
+    bake_size: int = bounded(512, 16, 4096)
     # Views in each of the two extra bake rings (above and below the orbit), on top of the training views.
     bake_ring_views: int = 12
     # At most this many training views (evenly spread over the orbit) are rendered for the bake.
-    bake_orbit_views: int = 36
+    bake_orbit_views: int = bounded(36, 1, 1024)
     # Power of the cosine weighting of views: higher prefers the most frontal view more strictly. A wide
     # blend wins: each view's colour carries its own sub-pixel registration and anti-aliasing error,
     # and averaging more views cancels it. Measured (bench_export, quality-preset fit, 50k faces,
@@ -84,16 +84,13 @@ class ExportConfig:
     # fit (trained at the frames' size) 33.15 -> 33.16.
     bake_from_frames: bool = True
     # glTF roughnessFactor (metallic is always 0): the baked colour already holds the lighting.
-    roughness: float = 0.9
+    roughness: float = bounded(0.9, 0.0, 1.0)
 
     def validate(self) -> ExportConfig:
-        """Reject values no export can use, naming the option."""
+        """Reject values no export can use, naming the option (the bounded fields: `check_bounds`)."""
+        check_bounds(self, "mesh")
         if not isinstance(self.faces, int) or (self.faces != 0 and self.faces < MIN_FACES):
             raise ReconError(f"faces must be 0 (no limit) or an integer >= {MIN_FACES}, got {self.faces!r}")
-        if not isinstance(self.texture_size, int) or self.texture_size < MIN_TEXTURE_SIZE:
-            raise ReconError(
-                f"texture-size must be an integer >= {MIN_TEXTURE_SIZE}, got {self.texture_size!r}"
-            )
         if self.splat_format not in SPLAT_FORMATS:
             raise ReconError(
                 f"splat-format must be one of {', '.join(SPLAT_FORMATS)}, got {self.splat_format!r}"
@@ -102,10 +99,6 @@ class ExportConfig:
             value = getattr(self, name)
             if not isinstance(value, bool):
                 raise ReconError(f"{name.replace('_', '-')} must be true or false, got {value!r}")
-        if self.bake_size < 16 or self.bake_orbit_views < 1 or self.smooth_iterations < 0:
-            raise ReconError("bake_size must be >= 16, bake_orbit_views >= 1 and smooth_iterations >= 0")
-        if not 0 <= self.roughness <= 1:
-            raise ReconError(f"roughness must be in 0..1, got {self.roughness!r}")
         return self
 
     def updated(self, data: dict[str, Any], where: str = "mesh") -> ExportConfig:

@@ -14,6 +14,7 @@ MIN_RADIUS = 0.05
 # Smallest face budget and texture that still make a recognisable asset; below that is a typo.
 MIN_FACES = 100
 MIN_TEXTURE_SIZE = 64
+MAX_TEXTURE_SIZE = 8192  # 8192^2 texels x 3 bytes = 200 MB, and the bake holds a 3D point per texel
 # The fit's bounds (a --config file's "fit" section and the flags are both checked against these).
 MAX_ITERATIONS = 1_000_000
 MIN_FIT_RESOLUTION = 16

@@ -29,6 +29,7 @@ from recon.constants import (
     MAX_FIT_RESOLUTION,
     MAX_ITERATIONS,
     MAX_SH_DEGREE,
+    MAX_TEXTURE_SIZE,
     MIN_FACES,
     MIN_FIT_RESOLUTION,
     MIN_RADIUS,
@@ -381,7 +382,7 @@ class Export:
     texture_size: int | None = option(
         None,
         low=MIN_TEXTURE_SIZE,
-        high=8192,
+        high=MAX_TEXTURE_SIZE,
         panel=EXPORT_PANEL,
         help="Side of the baked base-colour texture in texels (default 2048).",
     )
