@@ -71,9 +71,8 @@ class FitConfig:
 
     iterations: int = bounded(1500, 1, MAX_ITERATIONS)
     sh_degree: int = bounded(1, 0, MAX_SH_DEGREE)
-    resolution: int = bounded(
-        128, MIN_FIT_RESOLUTION, MAX_FIT_RESOLUTION
-    )  # longest side used for training (frames are downscaled, never upscaled)
+    # Longest side used for training (frames are downscaled, never upscaled).
+    resolution: int = bounded(128, MIN_FIT_RESOLUTION, MAX_FIT_RESOLUTION)
     init: str = "hull"  # "hull" (silhouette visual hull surface) or "random" (inside the hull's box)
     init_points: int = bounded(6000, 1, 10_000_000)
     hull_resolution: int = bounded(64, 8, 512)  # voxels per side of the visual-hull grid
@@ -104,9 +103,8 @@ class FitConfig:
     reset_every_fraction: float = 0.3  # opacity resets at multiples of this (>= 200 steps), before the stop
     sh_degree_fraction: float = 0.1  # raise the active SH degree every this fraction of the run
     grow_grad2d: float = 0.0002
-    max_gaussians: int = bounded(
-        20000, 1, 100_000_000
-    )  # growth stops here (the CPU rasteriser's cost is linear in it)
+    # Growth stops here (the CPU rasteriser's cost is linear in it).
+    max_gaussians: int = bounded(20000, 1, 100_000_000)
     seed: int = 0
     device: str = "auto"
     # Pose refinement (`recon.pose_refine`): every frame's camera and the focal length move with the splats.

@@ -18,7 +18,9 @@ Speed comes from vectorising and from skipping what does not count: pixels are g
 each tile gathers (padded) the depth-sorted gaussians whose bounding boxes touch it, one batched matmul
 per chunk of tiles finds the (pixel, gaussian) pairs whose alpha reaches 1/255 before the pixel's stop
 (about one in six at 128 px), and only those pairs are composited, with autograd, as per-pixel runs:
-prefix sums of ``log(1 - alpha)`` and a weighted sum. Chunks keep memory bounded.
+prefix sums of ``log(1 - alpha)`` and a weighted sum. Renders that need no gradient composite every
+pair of a chunk densely instead, which is faster when nothing is kept for a backward pass. Chunks keep
+memory bounded.
 """
 
 from __future__ import annotations
@@ -32,6 +34,9 @@ from torch import Tensor
 ALPHA_THRESHOLD = 1.0 / 255.0
 ALPHA_MAX = 0.999  # gsplat 1.5's clamp (the original 3DGS code used 0.99)
 T_STOP = 1e-4
+LOG_T_STOP = math.log(T_STOP)
+Q_MAX = 16.0  # exp(-16) = 1e-7: far under ALPHA_THRESHOLD even at opacity 1
+LOG_INV_THRESHOLD = math.log(1.0 / ALPHA_THRESHOLD)  # alpha >= 1/255 <=> sigma - log(opacity) <= this
 
 SH_C0 = 0.28209479177387814
 SH_C1 = 0.4886025119029199
@@ -158,11 +163,6 @@ def project(
         )  # fmt: skip
         radii = torch.stack([rx, ry], dim=-1) * valid[..., None]
     return means2d, conics, z, radii.to(torch.int32)
-
-
-LOG_T_STOP = math.log(T_STOP)
-Q_MAX = 16.0  # exp(-16) = 1e-7: far under ALPHA_THRESHOLD even at opacity 1
-LOG_INV_THRESHOLD = math.log(1.0 / ALPHA_THRESHOLD)  # alpha >= 1/255 <=> sigma - log(opacity) <= this
 
 
 class _Segments:
@@ -353,7 +353,7 @@ def _composite_view(
     if pair_gauss:  # 2. The counted pairs, differentiable: alpha, the transmittance before each, the sum.
         gauss, pixel = torch.cat(pair_gauss), torch.cat(pair_pixel)
         segments = _Segments(pixel)
-        # Attribute-major, so each attribute of the pairs is one contiguous row (and the gather is fast).
+        # One gather of the table rows; the transposed view names each attribute of the pairs by row.
         cols = table.index_select(0, gauss).t()  # [6 + D, n]
         tile = torch.div(pixel, P, rounding_mode="floor")
         dx = cols[0] - tile_c[:, 0].index_select(0, tile) - pixel_offsets[:, 0].index_select(0, pixel % P)
