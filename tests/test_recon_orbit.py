@@ -246,6 +246,25 @@ def test_bundle_adjustment_recovers_every_frame_of_a_jittered_orbit() -> None:
     assert held.focal_scale == 1.0 and np.all(held.elevation == estimate.orbit.elevation)
 
 
+def test_the_solves_subset_covers_the_frames_that_few_tracks_see() -> None:
+    """A random subset of the tracks starves the frames few tracks see (the back of a generated orbit):
+    the subset takes every track that sees a frame still short of observations first."""
+    from recon.bundle import BundleConfig, _covering
+    from recon.tracks import Tracks
+
+    n, length = 12, 3
+    starts = np.r_[np.zeros(300, int), np.full(6, 6)]  # 300 tracks on frames 0-2, 6 on frames 6-8
+    frames = starts[:, None] + np.arange(length)
+    tracks = Tracks(frames, np.zeros((len(frames), length, 2)), 64, 64)
+    order = np.random.default_rng(0).permutation(len(frames))
+    cfg = BundleConfig(max_tracks=20, min_frame_observations=5)
+    picked = _covering(tracks, order, n, cfg)
+    assert len(picked) == 20 and len(set(picked.tolist())) == 20
+    assert (starts[picked] == 6).sum() == 5  # the sparse frames get their quota, not their random share
+    plain = _covering(tracks, order, n, BundleConfig(max_tracks=20, min_frame_observations=0))
+    np.testing.assert_array_equal(plain, order[:20])  # no quota: the random subset it always was
+
+
 def test_the_fit_keeps_bundle_adjusted_poses() -> None:
     """A photometric polish of bundle-adjusted poses cost 1-2 dB held-out (benchmarks/RESULTS.md): the fit
     refines poses only where no bundle adjustment placed the frames."""
