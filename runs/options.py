@@ -384,7 +384,8 @@ class Export:
         low=MIN_TEXTURE_SIZE,
         high=MAX_TEXTURE_SIZE,
         panel=EXPORT_PANEL,
-        help="Side of the baked base-colour texture in texels (default 2048).",
+        help="Side of the baked base-colour texture in texels (default 2048; never more than 8 texels "
+        "per pixel of the frames' longest side, which is all they hold).",
     )
     vertex_colors: bool | None = option(
         None,

@@ -318,3 +318,18 @@ def test_the_export_checks_the_bounds_the_cli_offers() -> None:
         with pytest.raises(ReconError):
             ExportConfig(**bad).validate()
     ExportConfig(faces=MIN_FACES, texture_size=MIN_TEXTURE_SIZE).validate()
+
+
+def test_the_texture_holds_no_more_texels_than_the_frames_do() -> None:
+    """The texture's side follows the frames (at most TEXELS_PER_FRAME_PIXEL per pixel of their longest
+    side): on 128 px frames a 2048 texture costs time and adds nothing measurable."""
+    from recon.asset import TEXELS_PER_FRAME_PIXEL, texture_side
+    from recon.constants import MIN_TEXTURE_SIZE
+
+    cfg = ExportConfig(texture_size=2048)
+    small = np.zeros((3, 96, 128, 3), np.uint8)
+    assert texture_side(cfg, small) == TEXELS_PER_FRAME_PIXEL * 128 < 2048
+    assert texture_side(cfg, np.zeros((3, 512, 512, 3), np.uint8)) == 2048  # Droplet3D's frames: the setting
+    assert texture_side(cfg, None) == 2048  # no frames to judge by
+    assert texture_side(ExportConfig(texture_size=256), small) == 256
+    assert texture_side(cfg, np.zeros((1, 4, 4, 3), np.uint8)) == MIN_TEXTURE_SIZE
