@@ -35,6 +35,7 @@ ALPHA_THRESHOLD = 1.0 / 255.0
 ALPHA_MAX = 0.999  # gsplat 1.5's clamp (the original 3DGS code used 0.99)
 T_STOP = 1e-4
 LOG_T_STOP = math.log(T_STOP)
+MAX_PADDING = 2  # a chunk's tiles hold at least 1/MAX_PADDING of its longest list (the rest is padding)
 Q_MAX = 16.0  # exp(-16) = 1e-7: far under ALPHA_THRESHOLD even at opacity 1
 LOG_INV_THRESHOLD = math.log(1.0 / ALPHA_THRESHOLD)  # alpha >= 1/255 <=> sigma - log(opacity) <= this
 
@@ -392,6 +393,9 @@ def _composite_view(
             if k_max == 0:
                 break
             n_chunk = max(1, min(n_tiles - start, max_pairs // (P * k_max), 4 * max_pairs // len(ids)))
+            # Every tile of a chunk is padded to its first (largest) list: stop the chunk where the lists
+            # get much shorter, so padding never more than doubles the work.
+            n_chunk = max(1, int((counts[order[start : start + n_chunk]] * MAX_PADDING >= k_max).sum()))
             chunk = order[start : start + n_chunk]
             start += n_chunk
             with torch.no_grad():
