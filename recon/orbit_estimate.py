@@ -43,7 +43,7 @@ import numpy as np
 from recon.background import find_background
 from recon.errors import ReconError
 from recon.poses import GL_TO_CV, OrbitConfig, orbit_cameras
-from recon.tracks import START_EVERY, TrackingVideo, Tracks, track
+from recon.tracks import FORWARD_BACKWARD_LOOSE_PX, START_EVERY, TrackingVideo, Tracks, track_pair
 
 ESTIMATED = ("elevation", "fov", "direction", "full_turn")  # the orbit values this module can estimate
 SILHOUETTE_SIDE = 64  # px: silhouettes only say where to look for corners
@@ -254,9 +254,10 @@ def estimate_orbit(
     # For the bundle adjustment, tracks start on every frame (twice the observations of a frame the
     # object's darker side leaves few corners on) and go on across the seam (last frame to first). The
     # candidate orbits are scored on the tracks they always were: every START_EVERY-th start, cut at the seam.
+    # The adjustment takes the tracks with the looser forward-backward check (`recon.tracks`).
     video, wrap_to = TrackingVideo.of(frames, masks), 1 if base.full_turn else 0
-    observed = track(video, wrap_to=wrap_to, start_every=1)
-    tracks = observed.starting_every(START_EVERY).before_seam()
+    strict, observed = track_pair(video, wrap_to=wrap_to, start_every=1, loose_px=FORWARD_BACKWARD_LOOSE_PX)
+    tracks = strict.starting_every(START_EVERY).before_seam()
     estimated = tuple(name for name in ESTIMATED if name not in fixed)
     if len(tracks) < MIN_TRACKS:
         note = (f"only {len(tracks)} point tracks on the object (a textureless object?): the orbit is not "
@@ -314,7 +315,7 @@ def estimate_orbit(
 
     # 6. For the bundle adjustment, the same video tracked backward too: a track lags its point along
     #    the motion, and backward tracks lag the other way (`recon.tracks`), so together they are unbiased.
-    backward = track(video, wrap_to=wrap_to, start_every=1, backward=True)
+    backward = track_pair(video, wrap_to, 1, backward=True, loose_px=FORWARD_BACKWARD_LOOSE_PX)[1]
     return OrbitEstimate(
         orbit.validate(), estimated, uncertainty, cost, median, margin, loop_ratio, len(tracks),
         time.perf_counter() - t0, observed=Tracks.concat(observed, backward),
