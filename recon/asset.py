@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from recon.constants import MAX_TEXTURE_SIZE, MIN_FACES, MIN_TEXTURE_SIZE
+from recon.constants import MAX_TEXTURE_SIZE, MIN_FACES, MIN_TEXTURE_SIZE, TEXELS_PER_FRAME_PIXEL
 from recon.errors import ReconError
 from recon.export import SPLAT_FORMATS, write_splats
 from recon.fit import Splats
@@ -41,11 +41,6 @@ from recon.texture import (
     texture_image,
     uv_atlas,
 )
-
-# The texture's side is capped at this many times the frames' longest side. Measured (bench_export, 21
-# frames of 128 px, held-out glb PSNR at 256 px): textures of 512, 1024 and 2048 gave 23.76, 23.77 and
-# 23.77 dB, and the export took 17, 20 and 29 s; 8 keeps a margin over the 4 that already saturates.
-TEXELS_PER_FRAME_PIXEL = 8
 
 
 @dataclass

@@ -258,7 +258,8 @@ def track_pair(
         """The video's frame at `position` in tracking order."""
         return n - 1 - position if backward else position
 
-    rows: dict[str, list[np.ndarray]] = {"strict": [], "strict_uv": [], "loose": [], "loose_uv": []}
+    strict_rows: list[tuple[np.ndarray, np.ndarray]] = []  # (frames, uv) of each start frame's tracks
+    loose_rows: list[tuple[np.ndarray, np.ndarray]] = []
     for start_position in range(0, n - 1, start_every):
         start = frame_at(start_position)
         pts = corners(gray[start], silhouettes[start])
@@ -298,14 +299,13 @@ def track_pair(
             alive[live[~ok]] = False
             strict[live[~(ok & (missed < FORWARD_BACKWARD_PX))]] = False
             strict_idx[live[ok & strict[live]], step] = frame
-        for name, frames in (("strict", strict_idx), ("loose", idx)):
+        for rows, frames in ((strict_rows, strict_idx), (loose_rows, idx)):
             keep = (frames >= 0).sum(1) >= MIN_LENGTH
-            rows[name].append(frames[keep])
-            rows[f"{name}_uv"].append(np.where((frames >= 0)[..., None], uv, np.nan)[keep])
+            rows.append((frames[keep], np.where((frames >= 0)[..., None], uv, np.nan)[keep]))
 
-    def tracks(name: str) -> Tracks:
-        if not rows[name]:
+    def tracks(rows: list[tuple[np.ndarray, np.ndarray]]) -> Tracks:
+        if not rows:
             return Tracks(np.zeros((0, MAX_LENGTH), int), np.zeros((0, MAX_LENGTH, 2)), w, h)
-        return Tracks(np.concatenate(rows[name]), np.concatenate(rows[f"{name}_uv"]), w, h)
+        return Tracks(np.concatenate([f for f, _ in rows]), np.concatenate([u for _, u in rows]), w, h)
 
-    return tracks("strict"), tracks("loose")
+    return tracks(strict_rows), tracks(loose_rows)

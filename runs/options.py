@@ -34,6 +34,7 @@ from recon.constants import (
     MIN_FIT_RESOLUTION,
     MIN_RADIUS,
     MIN_TEXTURE_SIZE,
+    TEXELS_PER_FRAME_PIXEL,
 )
 
 REQUIRED: Any = ...  # a field every command that takes it must be given
@@ -384,8 +385,8 @@ class Export:
         low=MIN_TEXTURE_SIZE,
         high=MAX_TEXTURE_SIZE,
         panel=EXPORT_PANEL,
-        help="Side of the baked base-colour texture in texels (default 2048; never more than 8 texels "
-        "per pixel of the frames' longest side, which is all they hold).",
+        help=f"Side of the baked base-colour texture in texels (default 2048; never more than "
+        f"{TEXELS_PER_FRAME_PIXEL} texels per pixel of the frames' longest side, which is all they hold).",
     )
     vertex_colors: bool | None = option(
         None,

@@ -323,8 +323,8 @@ def test_the_export_checks_the_bounds_the_cli_offers() -> None:
 def test_the_texture_holds_no_more_texels_than_the_frames_do() -> None:
     """The texture's side follows the frames (at most TEXELS_PER_FRAME_PIXEL per pixel of their longest
     side): on 128 px frames a 2048 texture costs time and adds nothing measurable."""
-    from recon.asset import TEXELS_PER_FRAME_PIXEL, texture_side
-    from recon.constants import MIN_TEXTURE_SIZE
+    from recon.asset import texture_side
+    from recon.constants import MIN_TEXTURE_SIZE, TEXELS_PER_FRAME_PIXEL
 
     cfg = ExportConfig(texture_size=2048)
     small = np.zeros((3, 96, 128, 3), np.uint8)
