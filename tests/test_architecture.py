@@ -127,6 +127,18 @@ def test_imports_run_one_way():
     assert upward == []
 
 
+MAX_MODULE_LINES = 600  # issue 22: a module longer than this does more than one job
+MAX_CLI_LINES = 400  # the CLI only declares commands
+
+
+def test_no_module_grows_into_a_room_everything_passes_through():
+    lengths = {
+        name: len(path.read_text(encoding="utf-8").splitlines()) for name, path in project_modules().items()
+    }
+    assert lengths["cli"] < MAX_CLI_LINES
+    assert {name: n for name, n in lengths.items() if n > MAX_MODULE_LINES} == {}
+
+
 # --------------------------------------------------------------------------- options come from runs.options
 def option_fields() -> dict[str, dict[str, object]]:
     """command -> parameter name -> its `runs.options` field, for every command built from groups."""

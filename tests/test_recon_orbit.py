@@ -249,7 +249,8 @@ def test_bundle_adjustment_recovers_every_frame_of_a_jittered_orbit() -> None:
 def test_the_solves_subset_covers_the_frames_that_few_tracks_see() -> None:
     """A random subset of the tracks starves the frames few tracks see (the back of a generated orbit):
     the subset takes every track that sees a frame still short of observations first."""
-    from recon.bundle import BundleConfig, _covering
+    from recon.bundle import BundleConfig
+    from recon.bundle_solve import covering
     from recon.tracks import Tracks
 
     n, length = 12, 3
@@ -258,10 +259,10 @@ def test_the_solves_subset_covers_the_frames_that_few_tracks_see() -> None:
     tracks = Tracks(frames, np.zeros((len(frames), length, 2)), 64, 64)
     order = np.random.default_rng(0).permutation(len(frames))
     cfg = BundleConfig(max_tracks=20, min_frame_observations=5)
-    picked = _covering(tracks, order, n, cfg)
+    picked = covering(tracks, order, n, cfg)
     assert len(picked) == 20 and len(set(picked.tolist())) == 20
     assert (starts[picked] == 6).sum() == 5  # the sparse frames get their quota, not their random share
-    plain = _covering(tracks, order, n, BundleConfig(max_tracks=20, min_frame_observations=0))
+    plain = covering(tracks, order, n, BundleConfig(max_tracks=20, min_frame_observations=0))
     np.testing.assert_array_equal(plain, order[:20])  # no quota: the random subset it always was
 
 
