@@ -53,7 +53,7 @@ from runs.options import (
     values,
 )
 from runs.output import check_out_dir, real_out, refuse_overlap, staged_output
-from runs.params import export_options, fit_options, generate_config, generate_output_bytes, orbit_options
+from runs.params import generate_config, generate_output_bytes
 from runs.progress import progress_lines_when_piped
 from runs.stages import logger, run_folder, run_stages_of
 
@@ -239,12 +239,11 @@ def info(
 def poses(folders: PosesFolders, orbit: Orbit) -> None:
     """Known circular poses for an orbit: images/ + transforms.json (nerfstudio, OpenGL camera-to-world)."""
     from recon import api
+    from recon.options import PosesRequest
 
     refuse_overlap(folders.out, {"input": folders.input, "config file": orbit.config})
     with staged_output(folders.out, folders.overwrite) as tmp:
-        summary = api.poses(
-            folders.input, tmp, orbit_options(values(orbit)), orbit.config, log=lambda _m: None
-        )
+        summary = api.poses(PosesRequest(folders.input, orbit), tmp, log=lambda _m: None)
     if "summary" in summary["orbit_estimate"]:
         typer.echo(summary["orbit_estimate"]["summary"])
     out = folders.out
@@ -255,15 +254,12 @@ def poses(folders: PosesFolders, orbit: Orbit) -> None:
 def reconstruct(folders: ReconstructFolders, orbit: Orbit, fit: Fit, export: Export, common: Common) -> None:
     """Fit Gaussian splats to an orbit with known poses and export splats, meshes and a turntable preview."""
     from recon import api
+    from recon.options import ReconstructRequest
 
-    params = values(orbit, fit, export, common)
+    request = ReconstructRequest(folders.input, orbit, fit, export, common.device)
     refuse_overlap(folders.out, {"input": folders.input, "config file": orbit.config})
     with staged_output(folders.out, folders.overwrite) as tmp:
-        report = api.reconstruct(
-            folders.input, tmp, orbit_options(params), fit_options(params), fit.preset, orbit.config,
-            fit.engine, progress=not common.quiet, log=logger(common.quiet),
-            export_options=export_options(params),
-        )  # fmt: skip
+        report = api.reconstruct(request, tmp, progress=not common.quiet, log=logger(common.quiet))
     print_outputs(folders.out, report)
 
 
@@ -273,10 +269,7 @@ def demo(folders: DemoFolders, export: Export, common: Common) -> None:
     from recon import api
 
     with staged_output(folders.out, folders.overwrite) as tmp:
-        report = api.demo(
-            tmp, common.device, progress=not common.quiet, log=logger(common.quiet),
-            export_options=export_options(values(export)),
-        )  # fmt: skip
+        report = api.demo(tmp, common.device, not common.quiet, logger(common.quiet), export)
     print_outputs(folders.out, report)
 
 

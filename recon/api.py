@@ -20,6 +20,7 @@ from recon.bundle import BundleResult, adjust
 from recon.config import Settings, asset_path, read_config, resolve_orbit, resolve_settings
 from recon.errors import ReconError
 from recon.inputs import OrbitFrames, load_orbit
+from recon.options import Export, Fit, Orbit, PosesRequest, ReconstructRequest
 from recon.orbit_estimate import OrbitEstimate, estimate_orbit
 from recon.orbit_mode import OrbitPlan, given_values, plan_orbit, split_orbit_options
 from recon.poses import Cameras, OrbitConfig, orbit_cameras, write_transforms
@@ -118,17 +119,14 @@ def fit_refines_poses(plan: OrbitPlan, engine: str, choice: OrbitChoice) -> bool
     return plan.refine_poses and engine == "gsplat" and choice.bundle is None
 
 
-def poses(
-    input_path: Path, out: Path, orbit_options: dict[str, Any] | None = None, config_file: Path | None = None,
-    log: Any = print,
-) -> dict[str, Any]:  # fmt: skip
+def poses(request: PosesRequest, out: Path, log: Any = print) -> dict[str, Any]:
     """Stage 2: frames + orbit (given or estimated, `recon.orbit_mode`) -> out/images/ + transforms.json."""
-    config = read_config(config_file) if config_file is not None else None
-    values, controls = split_orbit_options(orbit_options)
+    config = read_config(request.orbit.config) if request.orbit.config is not None else None
+    values, controls = split_orbit_options(request.orbit.given())
     # Check the orbit values before reading a possibly long video.
     resolve_orbit(config, None, values)
     plan_orbit(controls, {})
-    frames = load_orbit(input_path)
+    frames = load_orbit(request.input_path)
     orbit = resolve_orbit(config, frames.orbit_hints, values)
     plan = plan_orbit(controls, given_values(config, frames.orbit_hints, values))
     choice = choose_orbit(frames, orbit, plan, log)
@@ -140,39 +138,35 @@ def poses(
 
 
 def reconstruct(
-    input_path: Path,
-    out: Path,
-    orbit_options: dict[str, Any] | None = None,
-    fit_options: dict[str, Any] | None = None,
-    preset: str | None = None,
-    config_file: Path | None = None,
-    engine: str = "gsplat",
-    progress: bool = True,
-    log: Any = print,
-    export_options: dict[str, Any] | None = None,
+    request: ReconstructRequest, out: Path, progress: bool = True, log: Any = print
 ) -> dict[str, Any]:
     """Stages 2 + 3: poses, splat fit, exports (splats, mesh.glb/.obj/.ply, preview.mp4, report.json).
 
-    `export_options` are `recon.asset.ExportConfig` keys from the command line (None = not given).
+    The request's groups hold what the caller gave (`recon.options`); every setting is resolved from
+    them, the config file (read once), the input's own record and the preset, here, once.
     """
     from recon.raster import resolve_device
 
     t0 = time.perf_counter()
+    engine, config_file = request.fit.engine, request.orbit.config
     if engine not in ("gsplat", "splatfacto"):
         raise ReconError(f"--engine must be gsplat or splatfacto, got {engine!r}")
     if engine == "splatfacto" and shutil.which("ns-train") is None:
         raise ReconError(f"--engine splatfacto needs nerfstudio's ns-train on PATH: {NERFSTUDIO_HINT}")
     # 1. Check: every setting that can be wrong, resolved once (the config file read once) before the
     #    slow parts.
-    device = resolve_device((fit_options or {}).get("device") or "auto")
+    device = resolve_device(request.device or "auto")
     default_preset = "quality" if device.type == "cuda" else "fast"
-    values, controls = split_orbit_options(orbit_options)
+    values, controls = split_orbit_options(request.orbit.given())
     config = read_config(config_file) if config_file is not None else {}
-    settings = resolve_settings(config, None, values, fit_options, preset, default_preset, export_options)
+    settings = resolve_settings(
+        config, None, values, request.fit.given(request.device), request.fit.preset, default_preset,
+        request.export.given(),
+    )  # fmt: skip
     plan_orbit(controls, {})
     # 2. Load the frames; their own record of the orbit (a generate folder's generation.json) takes its
     #    place in the orbit's precedence, under the config file and the command line.
-    frames = load_orbit(input_path)
+    frames = load_orbit(request.input_path)
     settings.orbit = resolve_orbit(config, frames.orbit_hints, values)
     plan = plan_orbit(controls, given_values(config, frames.orbit_hints, values))
     # 3. Pose, then 4. fit and export.
@@ -184,7 +178,7 @@ def reconstruct(
     record = choice.record(plan, frames)
     if engine == "splatfacto":
         return _splatfacto(out, settings, log, record)
-    source = str(input_path)
+    source = str(request.input_path)
     return _fit_and_export(frames, cameras, settings, out, progress, log, t_poses, t0, source, record)
 
 
@@ -353,18 +347,16 @@ def _splatfacto(out: Path, settings: Settings, log: Any, orbit_choice: dict[str,
 
 
 # The fast preset, shortened further: the demo must finish in about a minute on two CPU cores.
-DEMO_FIT_OPTIONS: dict[str, Any] = {"iterations": 400, "resolution": 96}
-DEMO_ORBIT_OPTIONS: dict[str, Any] = {"mode": "fixed", "refine": False}
+DEMO_FIT_OPTIONS: dict[str, Any] = {"iterations": 400, "resolution": 96}  # `Fit` fields
 
 
 def demo(
-    out: Path, device: str = "auto", progress: bool = True, log: Any = print,
-    export_options: dict[str, Any] | None = None,
-) -> dict[str, Any]:  # fmt: skip
+    out: Path, device: str = "auto", progress: bool = True, log: Any = print, export: Export | None = None
+) -> dict[str, Any]:
     """Reconstruct the bundled orbit with a fast preset (no weights, any device); textured glb by default."""
     # The bundled orbit was ray-cast on the preset orbit, so it is known exactly: no estimate needed.
-    return reconstruct(
-        demo_video(), out, orbit_options=DEMO_ORBIT_OPTIONS,
-        fit_options={"device": device, **DEMO_FIT_OPTIONS}, preset="fast", progress=progress, log=log,
-        export_options=export_options,
-    )  # fmt: skip
+    fit = Fit(preset="fast", **DEMO_FIT_OPTIONS)
+    request = ReconstructRequest(
+        demo_video(), Orbit(orbit_mode="fixed", refine=False), fit, export or Export(), device
+    )
+    return reconstruct(request, out, progress=progress, log=log)

@@ -19,6 +19,7 @@ MAX_TEXTURE_SIZE = 8192  # 8192^2 texels x 3 bytes = 200 MB, and the bake holds 
 # frames of 128 px, held-out glb PSNR at 256 px): textures of 512, 1024 and 2048 gave 23.76, 23.77 and
 # 23.77 dB, and the export took 17, 20 and 29 s; 8 keeps a margin over the 4 that already saturates.
 TEXELS_PER_FRAME_PIXEL = 8
+MAX_SEED = 2**32 - 1  # seeds: the range numpy's and torch's generators both accept
 # The fit's bounds (a --config file's "fit" section and the flags are both checked against these).
 MAX_ITERATIONS = 1_000_000
 MIN_FIT_RESOLUTION = 16

@@ -2,7 +2,9 @@
 
 Options come in groups, one dataclass each (`Generation`, `Prepare`, `Orbit`, `Fit`, `Export`, ...); a
 command is declared by the groups it takes (`cli.py`), which builds its flags from the fields here, so
-the same option cannot drift between commands, and hands each command one instance of every group.
+the same option cannot drift between commands, and hands each command one instance of every group. The
+reconstruction's groups (`Orbit`, `Fit`, `Export`) are `recon.options`', since `recon.api` takes them as
+they are; the rest are here.
 Torch-free and typer-free on purpose: `--help` must not wait for torch, and the groups are plain data the
 stages can read.
 
@@ -13,7 +15,7 @@ that stage's torch-free `constants` module (`droplet3d.constants`, `recon.consta
 
 from __future__ import annotations
 
-from dataclasses import MISSING, Field, dataclass, field, fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -25,21 +27,12 @@ from droplet3d.constants import (
     MAX_FILL,
     MIN_FILL,
 )
-from recon.constants import (
-    MAX_FIT_RESOLUTION,
-    MAX_ITERATIONS,
-    MAX_SH_DEGREE,
-    MAX_TEXTURE_SIZE,
-    MIN_FACES,
-    MIN_FIT_RESOLUTION,
-    MIN_RADIUS,
-    MIN_TEXTURE_SIZE,
-    TEXELS_PER_FRAME_PIXEL,
-)
+from recon.constants import MAX_SEED
+from recon.options import FIT_PANEL, FIT_SEED_HELP, REQUIRED, Fit, option
+from recon.options import Export as Export  # the reconstruction's groups live with the library that reads
+from recon.options import Orbit as Orbit  # them (`recon.options`); the commands take them from here too
+from recon.options import is_required as is_required
 
-REQUIRED: Any = ...  # a field every command that takes it must be given
-
-MAX_SEED = 2**32 - 1  # the range numpy's and torch's generators both accept
 MAX_STEPS = 1000  # DDIM cannot take more steps than the scheduler's 1000 training timesteps
 MAX_GENERATE_FRAMES = 257  # 3x the paper's 85; the VAE's memory grows with the frame count
 MAX_SIDE = 2048  # pixels, per side of a generated frame
@@ -53,29 +46,9 @@ MAX_RESOURCES_PER_ROW = 1024.0  # CPUs or GPUs one row may ask Ray for; more is 
 
 GENERATION_PANEL = "Generation"
 PREPARE_PANEL = "Input image"
-ORBIT_PANEL = "Orbit (poses)"
-FIT_PANEL = "Reconstruction"
-EXPORT_PANEL = "Export"
 BATCH_PANEL = "Batch"
 CKPT_HELP = "The released Droplet3D-5B/ folder (read offline, as published)."
-FIT_SEED_HELP = "Random seed of the reconstruction's initialisation and view order (default 0)."
 INPUT_HELP = "Orbit video file, folder of frames, or a `generate` output folder."
-
-
-def option(
-    default: Any, *flags: str, help: str, low: float | None = None, high: float | None = None,
-    finite: bool = False, panel: str | None = None, show_default: bool = True, argument: bool = False,
-) -> Any:  # fmt: skip
-    """A dataclass field that is also a command-line option (`flags` as click spells them; default: the
-    field's name). `low`/`high` are inclusive bounds, `finite` refuses nan and inf (they pass any range
-    check), `argument` makes it positional."""
-    meta = {"flags": flags, "help": help, "low": low, "high": high, "finite": finite, "panel": panel,
-            "show_default": show_default, "argument": argument}  # fmt: skip
-    return field(default=default, metadata=meta)
-
-
-def is_required(f: Field) -> bool:
-    return f.default is REQUIRED or (f.default is MISSING and f.default_factory is MISSING)
 
 
 def values(*groups: Any) -> dict[str, Any]:
@@ -250,155 +223,11 @@ class Prepare:
 
 
 @dataclass
-class Orbit:
-    """The orbit's cameras (`recon.poses.OrbitConfig`); None = preset, generation.json or --config."""
-
-    elevation: float | None = option(
-        None,
-        finite=True,
-        panel=ORBIT_PANEL,
-        help="Camera elevation in degrees above the object (positive = looking down), |value| < 90 "
-        "(preset: 15).",
-    )
-    radius: float | None = option(
-        None,
-        finite=True,
-        panel=ORBIT_PANEL,
-        help=f"Camera distance from the object's centre, at least {MIN_RADIUS:g} (world units; the object is "
-        "~1 unit across; preset: 2.0).",
-    )
-    fov: float | None = option(
-        None,
-        finite=True,
-        panel=ORBIT_PANEL,
-        help="Full vertical field of view in degrees, in (0, 180) (preset: 45).",
-    )
-    start_azimuth: float | None = option(
-        None,
-        finite=True,
-        panel=ORBIT_PANEL,
-        help="Azimuth of frame 0 in degrees, measured from +X toward +Y (world +Z up; preset: 0).",
-    )
-    direction: str | None = option(
-        None,
-        panel=ORBIT_PANEL,
-        help="Orbit direction seen from above: ccw (counter-clockwise) or cw (preset: ccw).",
-    )
-    full_turn: bool | None = option(
-        None,
-        "--full-turn/--no-full-turn",
-        panel=ORBIT_PANEL,
-        show_default=False,
-        help="The last frame repeats the first view (step 360/(N-1)); default: it does not (360/N).",
-    )
-    orbit_mode: str | None = option(
-        None,
-        "--orbit",
-        panel=ORBIT_PANEL,
-        help="auto: estimate elevation, fov, direction and full-turn from the frames (radius stays 2: the "
-        "object's size follows), holding any value given; fixed: use the given and preset values. "
-        "Default: auto when no orbit value is given (command line, --config, generation.json), else "
-        "fixed.",
-    )
-    refine: bool | None = option(
-        None,
-        "--refine/--no-refine",
-        panel=ORBIT_PANEL,
-        show_default=False,
-        help="Given orbit values are starting points of the estimate, not fixed, and every frame's pose "
-        "and the focal length are refined with the splats (default: refine poses when the orbit is "
-        "estimated).",
-    )
-    config: Path | None = option(
-        None,
-        panel=ORBIT_PANEL,
-        help="JSON config file with 'orbit', 'fit', 'mesh' and 'preset' keys (see configs/); command-line "
-        "options override it.",
-    )
-
-
-@dataclass
-class Fit:
-    """How the splats are fitted (`recon.fit.FitConfig`); None = the preset's value."""
-
-    preset: str | None = option(
-        None,
-        panel=FIT_PANEL,
-        help="fast or quality (default: quality on CUDA, fast on CPU).",
-    )
-    iterations: int | None = option(
-        None,
-        low=1,
-        high=MAX_ITERATIONS,
-        panel=FIT_PANEL,
-        help="Training steps (fast: 600, quality: 7000).",
-    )
-    sh_degree: int | None = option(
-        None,
-        low=0,
-        high=MAX_SH_DEGREE,
-        panel=FIT_PANEL,
-        help="Spherical-harmonics degree 0-3 (fast: 1, quality: 3).",
-    )
-    resolution: int | None = option(
-        None,
-        low=MIN_FIT_RESOLUTION,
-        high=MAX_FIT_RESOLUTION,
-        panel=FIT_PANEL,
-        help="Longest image side used for fitting; frames are downscaled (fast: 128, quality: 512).",
-    )
-    # One name for the fit's seed everywhere (--fit-seed); `reconstruct` still accepts its old spelling,
-    # --seed, which `generate`, `run` and `batch` use for generation's seed.
-    fit_seed: int | None = option(
-        None, "--fit-seed", "--seed", low=0, high=MAX_SEED, panel=FIT_PANEL, help=FIT_SEED_HELP
-    )
-    engine: str = option(
-        "gsplat",
-        panel=FIT_PANEL,
-        help="gsplat (built in) or splatfacto (nerfstudio's ns-train; needs the nerfstudio extra; its re-"
-        "centring, re-orientation and auto-scaling are turned off so its splats stay in our frame).",
-    )
-
-
-@dataclass
 class RunFit(Fit):
     """`run` and `batch` have two seeds: --seed is generation's, --fit-seed the reconstruction's."""
 
     fit_seed: int | None = option(
         None, "--fit-seed", low=0, high=MAX_SEED, panel=FIT_PANEL, help=FIT_SEED_HELP
-    )
-
-
-@dataclass
-class Export:
-    """How the mesh and splats are written (`recon.asset.ExportConfig`); None = --config or default."""
-
-    faces: int | None = option(
-        None,
-        low=0,
-        panel=EXPORT_PANEL,
-        help=f"Face budget of the mesh: quadric decimation to at most this many, at least {MIN_FACES} "
-        "(default 50000; 0 = all).",
-    )
-    texture_size: int | None = option(
-        None,
-        low=MIN_TEXTURE_SIZE,
-        high=MAX_TEXTURE_SIZE,
-        panel=EXPORT_PANEL,
-        help=f"Side of the baked base-colour texture in texels (default 2048; never more than "
-        f"{TEXELS_PER_FRAME_PIXEL} texels per pixel of the frames' longest side, which is all they hold).",
-    )
-    vertex_colors: bool | None = option(
-        None,
-        "--vertex-colors/--texture",
-        panel=EXPORT_PANEL,
-        show_default=False,
-        help="Per-vertex colour instead of a UV texture (default: textured).",
-    )
-    splat_format: str | None = option(
-        None,
-        panel=EXPORT_PANEL,
-        help="Splat file: ply (standard 3DGS), splat (antimatter15) or ply-compressed (SuperSplat).",
     )
 
 

@@ -1,6 +1,6 @@
 """A command's parameter values -> each stage's options, and the prompt.
 
-The commands of `cli` hand their parameters here by name; each helper picks the names its stage reads
+`run` and a batch row hand their parameters here by name; `group_of` makes the option groups of them
 (None means "not given": the preset, generation.json or config file decides).
 """
 
@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import fields as dataclass_fields
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from droplet3d.constants import MAX_TEXT_TOKENS
 from runs.errors import UsageError
@@ -17,34 +17,14 @@ from runs.output import MIN_FREE_BYTES
 if TYPE_CHECKING:
     from droplet3d.generate import GenerateConfig
 
-EXPORT_NAMES = ("faces", "texture_size", "vertex_colors", "splat_format")
-ORBIT_NAMES = ("elevation", "radius", "fov", "start_azimuth", "direction", "full_turn")
 # The input-preparation options: every command that generates (generate, run, batch) takes all of them.
 PREPARE_NAMES = ("background", "remove_background", "segmenter", "recentre", "fill")
+Group = TypeVar("Group")
 
 
-def orbit_options(params: dict[str, Any]) -> dict[str, object]:
-    """The orbit options of a command's parameters (None = take the preset / generation.json / config),
-    with --orbit and --refine as "mode" and "refine" (`recon.orbit_mode`)."""
-    return {**{name: params[name] for name in ORBIT_NAMES}, "mode": params["orbit_mode"],
-            "refine": params["refine"]}  # fmt: skip
-
-
-def export_options(params: dict[str, Any]) -> dict[str, object]:
-    """The export options of a command's parameters (None = take the config file's or the default)."""
-    return {name: params[name] for name in EXPORT_NAMES}
-
-
-def fit_options(params: dict[str, Any]) -> dict[str, object]:
-    """The fitting options of a command's parameters (None = take the preset / config value).
-
-    The fit's seed is `fit_seed` (--fit-seed) in every command; `reconstruct` also takes its old flag,
-    --seed, which in `run` and `batch` is generation's.
-    """
-    return {
-        "iterations": params["iterations"], "device": params["device"], "sh_degree": params["sh_degree"],
-        "resolution": params["resolution"], "seed": params["fit_seed"],
-    }  # fmt: skip
+def group_of(group: type[Group], params: dict[str, Any]) -> Group:
+    """The option group `group` (a `runs.options` dataclass) of a command's or a batch row's parameters."""
+    return group(**{f.name: params[f.name] for f in dataclass_fields(group)})  # type: ignore[arg-type]
 
 
 def generate_config(params: dict[str, object]) -> GenerateConfig:

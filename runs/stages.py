@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import typer
 
+from recon.options import Export, Fit, Orbit, ReconstructRequest
 from runs.errors import UsageError, warn
 from runs.output import (
     STAGING_INFIX,
@@ -27,7 +28,7 @@ from runs.output import (
     staged_output,
     terminate_as_exit,
 )
-from runs.params import export_options, fit_options, generate_config, generate_output_bytes, orbit_options
+from runs.params import generate_config, generate_output_bytes, group_of
 from runs.resume import RUN_STATE, RunState, fingerprint, folder_digest, path_digest, remove_run_leftovers
 
 if TYPE_CHECKING:
@@ -43,8 +44,8 @@ def run_stages_of(params: dict[str, Any], video: Path | None = None) -> RunStage
     """The RunStages of `run`'s (or a batch row's) parameters; with `video`, reconstruct that only."""
     gen_config = None if video is not None else generate_config(params)
     return RunStages(
-        gen_config, orbit_options(params), fit_options(params), params["preset"],
-        params["config"], params["engine"], export_options(params), video,
+        gen_config, group_of(Orbit, params), group_of(Fit, params), group_of(Export, params),
+        params["device"], video,
     )  # fmt: skip
 
 
@@ -97,12 +98,11 @@ class RunStages:
 
     generate: GenerateConfig | None
     """The generation; None for a reconstruct-only run (a batch row that names a video)."""
-    orbit: dict[str, object]
-    fit: dict[str, object]
-    preset: str | None
-    config: Path | None
-    engine: str
-    export: dict[str, object]
+    orbit: Orbit
+    fit: Fit
+    export: Export
+    device: str
+    """Where the reconstruction runs ("auto": CUDA when present)."""
     video: Path | None = None
     """The orbit a reconstruct-only run reconstructs (video file, frames folder or generate folder)."""
 
@@ -124,13 +124,18 @@ class RunStages:
         Of a generated orbit only frames/ counts (a re-mux at another --fps changes no frame); a given
         orbit counts whole, since its generation.json or file name can carry the orbit's parameters.
         """
-        config_text = self.config.read_text() if self.config is not None and self.config.is_file() else None
+        config = self.orbit.config
+        config_text = config.read_text() if config is not None and config.is_file() else None
         video = folder_digest(video_dir / "frames") if self.generate is not None else path_digest(video_dir)
         return fingerprint(
-            {"orbit": self.orbit, "fit": {**self.fit, "device": device_key(str(self.fit.get("device")))},
-             "preset": self.preset, "config": config_text,
-             "engine": self.engine, "export": self.export, "video": video}
+            {"orbit": self.orbit.given(), "fit": self.fit.given(device_key(self.device)),
+             "preset": self.fit.preset, "config": config_text,
+             "engine": self.fit.engine, "export": self.export.given(), "video": video}
         )  # fmt: skip
+
+    def reconstruct_request(self, video_dir: Path) -> ReconstructRequest:
+        """The reconstruction of `video_dir` (the generate stage's folder, or `video`)."""
+        return ReconstructRequest(video_dir, self.orbit, self.fit, self.export, self.device)
 
 
 @dataclass
@@ -309,7 +314,7 @@ def run_stages(
 
     recon_key = stages.reconstruct_key(video_dir)
     problem = (
-        asset_outputs_problem(asset_dir, stages.engine) if state.stages.get("reconstruct") == recon_key
+        asset_outputs_problem(asset_dir, stages.fit.engine) if state.stages.get("reconstruct") == recon_key
         else "changed"
     )  # fmt: skip
     if problem is None:
@@ -320,10 +325,7 @@ def run_stages(
     state.forget("reconstruct")
     start = time.perf_counter()
     with staged_output(asset_dir, True, lock=False) as tmp:
-        report = api.reconstruct(
-            video_dir, tmp, stages.orbit, stages.fit, stages.preset, stages.config, stages.engine,
-            progress=not quiet, log=log, export_options=stages.export,
-        )  # fmt: skip
+        report = api.reconstruct(stages.reconstruct_request(video_dir), tmp, progress=not quiet, log=log)
     state.mark("reconstruct", recon_key)
     seconds["reconstruct"] = time.perf_counter() - start
     return RunOutcome(report, seconds)

@@ -159,10 +159,11 @@ def test_a_worker_that_does_not_see_the_batch_folder_is_named(tmp_path: Path) ->
 
 
 # --------------------------------------------------------------------------- with a fake reconstruction
-def fake_reconstruct(video: Path, out: Path, *args: Any, **kwargs: Any) -> dict[str, Any]:
+def fake_reconstruct(request: Any, out: Path, *args: Any, **kwargs: Any) -> dict[str, Any]:
     """Every file `run` checks, made in a moment (after FAKE_SECONDS, to leave time for a kill)."""
     import imageio.v3 as iio
 
+    video = request.input_path
     time.sleep(float(os.environ.get("FAKE_RECONSTRUCT_SECONDS", "0")))
     (out / "images").mkdir()
     iio.imwrite(out / "images" / "00000.png", np.zeros((8, 8, 3), np.uint8))
@@ -192,9 +193,9 @@ def reconstructions(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
 
     calls: list[Path] = []
 
-    def counting(video: Path, out: Path, *args: Any, **kwargs: Any) -> dict[str, Any]:
-        calls.append(Path(video))
-        return fake_reconstruct(video, out, *args, **kwargs)
+    def counting(request: Any, out: Path, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        calls.append(Path(request.input_path))
+        return fake_reconstruct(request, out, *args, **kwargs)
 
     monkeypatch.setattr(api, "reconstruct", counting)
     return calls

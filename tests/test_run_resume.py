@@ -52,8 +52,9 @@ def calls(monkeypatch: pytest.MonkeyPatch) -> Calls:
             frames=frames, record=record, conditioning_image=conditioning
         )
 
-    def fake_reconstruct(video_dir: Path, out: Path, *args: Any, **kwargs: Any) -> dict[str, Any]:
+    def fake_reconstruct(request: Any, out: Path, *args: Any, **kwargs: Any) -> dict[str, Any]:
         counts.reconstruct += 1
+        video_dir = request.input_path
         (out / "images").mkdir()
         names = []
         for i, frame in enumerate(sorted((video_dir / "frames").glob("*.png"))):
@@ -175,9 +176,17 @@ def _config(tmp_path: Path, **changes: Any) -> Any:
 
 
 def _stages(generate: Any, **changes: Any) -> RunStages:
-    fields = {"orbit": {"elevation": None}, "fit": {"iterations": None}, "preset": None, "config": None,
-              "engine": "gsplat", "export": {"faces": None}, **changes}  # fmt: skip
-    return RunStages(generate=generate, **fields)
+    """RunStages with the settings of `changes` given, by the name each has in report.json and the config
+    file ("seed" is the fit's, "preset" and "engine" the fit's, "config" the orbit's)."""
+    from recon.options import Export, Fit, Orbit
+
+    fit = dict(changes.get("fit", {}))
+    device = fit.pop("device", "auto")
+    if "seed" in fit:
+        fit["fit_seed"] = fit.pop("seed")
+    fit.update({k: changes[k] for k in ("preset", "engine") if k in changes})
+    orbit = {**changes.get("orbit", {}), **({"config": changes["config"]} if "config" in changes else {})}
+    return RunStages(generate, Orbit(**orbit), Fit(**fit), Export(**changes.get("export", {})), device)
 
 
 OUTPUT_CHANGES = {
@@ -263,10 +272,9 @@ def test_run_passes_fit_seed_and_engine_to_the_reconstruction(
     seen: dict[str, Any] = {}
     real = api.reconstruct
 
-    def spy(video_dir: Path, out: Path, orbit: Any, fit: Any, preset: Any, config: Any, engine: str,
-            **kwargs: Any) -> Any:  # fmt: skip
-        seen.update(fit=fit, engine=engine)
-        return real(video_dir, out, orbit, fit, preset, config, engine, **kwargs)
+    def spy(request: Any, out: Path, **kwargs: Any) -> Any:
+        seen.update(fit=request.fit.given(request.device), engine=request.fit.engine)
+        return real(request, out, **kwargs)
 
     monkeypatch.setattr(api, "reconstruct", spy)
     invoke([*run_args, "--fit-seed", "5", "--engine", "gsplat"])
