@@ -21,7 +21,7 @@ from recon.config import Settings, asset_path, read_config, resolve_orbit, resol
 from recon.errors import ReconError
 from recon.inputs import OrbitFrames, load_orbit
 from recon.options import Export, Fit, Orbit, PosesRequest, ReconstructRequest
-from recon.orbit_estimate import OrbitEstimate, estimate_orbit
+from recon.orbit_estimate import OrbitEstimate, estimate_orbit, lens_from_silhouettes, wants_silhouettes
 from recon.orbit_mode import OrbitPlan, given_values, plan_orbit, split_orbit_options
 from recon.poses import Cameras, OrbitConfig, orbit_cameras, write_transforms
 
@@ -106,6 +106,10 @@ def choose_orbit(frames: OrbitFrames, orbit: OrbitConfig, plan: OrbitPlan, log: 
         bundle = adjust(estimate.observed, frames.count, estimate.orbit, plan.fixed(),
                         fov_uncertainty=estimate.uncertainty.get("fov"))  # fmt: skip
         log(bundle.line())
+    if wants_silhouettes(estimate) and (bundle is None or bundle.choice == "circle"):
+        estimate = lens_from_silhouettes(estimate, frames.frames, plan.fixed(), plan.starts(), frames.alpha)
+        log(estimate.line())
+        bundle = None if bundle is None else bundle.on(estimate.orbit)
     return OrbitChoice(estimate.orbit, estimate, bundle)
 
 

@@ -62,7 +62,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -97,6 +97,12 @@ class BundleResult:
     # Median held-out track error (pixels) of each candidate, the evidence for `choice`.
     held_out_px: dict[str, float] = field(default_factory=dict)
     distance: np.ndarray | None = None  # [N] each frame's distance from the centre (None: the orbit's radius)
+
+    def on(self, orbit: OrbitConfig) -> BundleResult:
+        """The circle this result kept (`choice` "circle" or for want of tracks), on another `orbit` with the
+        same turn: its lens and elevation set afterwards (`recon.orbit_estimate.lens_from_silhouettes`)."""
+        assert self.choice not in CHOICES[:2], "an adjusted result belongs to the orbit it was solved on"
+        return replace(self, orbit=orbit, elevation=np.full(len(self.elevation), orbit.elevation))
 
     @property
     def fov(self) -> float:

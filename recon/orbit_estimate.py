@@ -57,6 +57,18 @@ SILHOUETTE_SIDE = 64  # px: silhouettes only say where to look for corners
 # Closing the loop: the last frame repeats the first when their difference is below this share of the
 # median difference between neighbouring frames (a generated video's frames still differ a little).
 FULL_TURN_RATIO = 0.35
+# Where the tracks' fov spread is at least this (degrees), the silhouettes set the lens and elevation
+# (`recon.silhouette`): a texture-poor object's tracks (tens of corners, many of them sliding T-junctions)
+# put the tree's smooth scene 4.5 degrees wide with a spread of 2.8 (3.8 with every degradation on). On a
+# textured object the spread is 0.1-1.2 and the tracks are the better measure: silhouettes scored on the
+# estimated circle suffer every frame's offset from it, and at a threshold of 1 they moved a 21-frame
+# uneven turn's lens from +0.3 to -5.3 degrees.
+SILHOUETTE_FOV_SPREAD = 2.0
+# The silhouettes' sweeps span this many track spreads either side, and at least the floors (degrees).
+SILHOUETTE_SPREADS, SILHOUETTE_FOV_SPAN, SILHOUETTE_ELEVATION_SPAN = 2.5, 3.0, 2.0
+# The refined lens's uncertainty for the bundle adjustment's lens prior: the spread the silhouettes left
+# on the smooth scene (41.1 and 41.3 degrees for a true 40, from starts 4.5 and 7.3 off).
+SILHOUETTE_FOV_DEG = 1.5
 ROBUST_PX = 0.15  # scale of the robust cost, in tracking pixels: tracks off by more count as outliers
 MIN_TRACKS = 20  # fewer tracks than this cannot fix an orbit (a textureless object): keep the preset
 COARSE_TRACKS = 200  # tracks used by the coarse grid (all of them for the final minimum)
@@ -95,6 +107,9 @@ class OrbitEstimate:
     # The forward-backward check of the tracks the orbit was scored on: the strict one, or the loose one
     # where too few tracks passed the strict one (`recon.tracks.FORWARD_BACKWARD_LOOSE_PX`).
     forward_backward_px: float = FORWARD_BACKWARD_PX
+    # Where the tracks left the lens unsure, the silhouettes' refinement (`recon.silhouette`): the tracks'
+    # values and spread, and the silhouette coherence before and after. Empty where it did not run.
+    silhouettes: dict[str, Any] = field(default_factory=dict)
 
     def report(self) -> dict[str, Any]:
         """The JSON-able record for report.json."""
@@ -111,8 +126,14 @@ class OrbitEstimate:
             "forward_backward_px": self.forward_backward_px,
             "seconds": round(self.seconds, 2),
             "note": self.note,
+            "silhouettes": self.silhouettes,
             "gauge": "radius and start_azimuth are fixed by convention; the object's size follows the radius",
         }
+
+    def _silhouette_note(self) -> str:
+        if not self.silhouettes:
+            return ""
+        return f"; lens from silhouettes (tracks: fov {self.silhouettes['tracks']['fov']:.1f})"
 
     def line(self) -> str:
         """The one-line summary the CLI prints."""
@@ -124,7 +145,7 @@ class OrbitEstimate:
             f"fov {o.fov:.1f} +- {u.get('fov', 0.0):.1f} deg, {o.direction}, "
             f"{'full turn' if o.full_turn else 'open loop'} (radius {o.radius:g} fixed; "
             f"{self.tracks} tracks{'' if self.forward_backward_px <= FORWARD_BACKWARD_PX else ' (loose)'}, "
-            f"median error {self.median_error_px:.2f} px; {self.seconds:.1f} s)"
+            f"median error {self.median_error_px:.2f} px{self._silhouette_note()}; {self.seconds:.1f} s)"
         )
 
 
@@ -231,6 +252,21 @@ def _minimise(
     return float(result.fun), el, fov
 
 
+def search_bounds(
+    fixed: dict[str, Any], starts: dict[str, Any], search: SearchConfig
+) -> dict[str, tuple[float, float]]:
+    """Where the elevation and the fov may lie: a given value is a point, a starting value a window."""
+    bounds = {}
+    for name, whole in (("elevation", search.elevation_range), ("fov", search.fov_range)):
+        if name in fixed:
+            bounds[name] = (float(fixed[name]),) * 2
+        elif name in starts:
+            bounds[name] = (float(starts[name]) - search.local_span, float(starts[name]) + search.local_span)
+        else:
+            bounds[name] = whole
+    return bounds
+
+
 def estimate_orbit(
     frames: np.ndarray,
     base: OrbitConfig,
@@ -283,14 +319,7 @@ def estimate_orbit(
                              time.perf_counter() - t0, note, forward_backward_px=checked_px)  # fmt: skip
 
     # 2. The ranges: a fixed value is a point, a starting value a window around it.
-    bounds = {}
-    for name, whole in (("elevation", search.elevation_range), ("fov", search.fov_range)):
-        if name in fixed:
-            bounds[name] = (float(fixed[name]),) * 2
-        elif name in starts:
-            bounds[name] = (float(starts[name]) - search.local_span, float(starts[name]) + search.local_span)
-        else:
-            bounds[name] = whole
+    bounds = search_bounds(fixed, starts, search)
     free = (bounds["elevation"][0] < bounds["elevation"][1], bounds["fov"][0] < bounds["fov"][1])
     fixed_direction = fixed.get("direction", starts.get("direction"))
     directions = [fixed_direction] if fixed_direction else ["ccw", "cw"]
@@ -336,4 +365,47 @@ def estimate_orbit(
     return OrbitEstimate(
         orbit.validate(), estimated, uncertainty, cost, median, margin, loop_ratio, len(tracks),
         time.perf_counter() - t0, observed=Tracks.concat(observed, backward), forward_backward_px=checked_px,
+    )  # fmt: skip
+
+
+def wants_silhouettes(estimate: OrbitEstimate) -> bool:
+    """Whether the tracks left the lens too unsure (`SILHOUETTE_FOV_SPREAD`) and the frames should decide
+    it by their silhouettes (`lens_from_silhouettes`)."""
+    return (
+        not estimate.note
+        and "fov" in estimate.estimated
+        and estimate.uncertainty["fov"] >= SILHOUETTE_FOV_SPREAD
+    )
+
+
+def lens_from_silhouettes(
+    estimate: OrbitEstimate, frames: np.ndarray, fixed: dict[str, Any] | None = None,
+    starts: dict[str, Any] | None = None, alpha: np.ndarray | None = None, search: SearchConfig | None = None,
+) -> OrbitEstimate:  # fmt: skip
+    """`estimate` with the fov (and the elevation, unless given) at the silhouettes' peak near the tracks'
+    values (`recon.silhouette`). Scored on the estimated circle, so only for an orbit the circle explains:
+    the caller asks once the bundle adjustment found no frame off it."""
+    from recon.fit import resize_frames
+    from recon.silhouette import SILHOUETTE_SIDE, refine_with_silhouettes
+
+    orbit, spread = estimate.orbit, estimate.uncertainty
+    bounds = search_bounds(dict(fixed or {}), dict(starts or {}), search or SearchConfig())
+    small = resize_frames(frames, SILHOUETTE_SIDE)
+    small_alpha = None if alpha is None else resize_frames(alpha[..., None], SILHOUETTE_SIDE)[..., 0]
+    masks = find_background(small, small_alpha).masks
+    spans = {"fov": max(SILHOUETTE_SPREADS * spread["fov"], SILHOUETTE_FOV_SPAN)}
+    if "elevation" in estimate.estimated:
+        spans["elevation"] = max(SILHOUETTE_SPREADS * spread.get("elevation", 0.0), SILHOUETTE_ELEVATION_SPAN)
+    t0 = time.perf_counter()
+    refined, coherence = refine_with_silhouettes(masks, orbit, spans)
+    # A given starting value's window (--refine) bounds the silhouettes as it bounds the tracks.
+    values = {name: float(np.clip(getattr(refined, name), *bounds[name])) for name in spans}
+    seconds = round(time.perf_counter() - t0, 2)
+    record = {
+        "tracks": {"elevation": orbit.elevation, "fov": orbit.fov, "fov_spread": round(spread["fov"], 3)},
+        "coherence": {k: round(v, 5) for k, v in coherence.items()}, "seconds": seconds,
+    }  # fmt: skip
+    return replace(
+        estimate, orbit=orbit.updated(values), silhouettes=record,
+        uncertainty={**spread, "fov": min(spread["fov"], SILHOUETTE_FOV_DEG)},
     )  # fmt: skip
