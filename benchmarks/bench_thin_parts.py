@@ -22,7 +22,8 @@ beside the glb's: the mesh cannot be more faithful than the fit it is made from.
 Targets (issue 26): every leg present, silhouette IoU >= 0.95 at every held-out ring, glb within 1.5 dB
 of the splats.
 
-    python benchmarks/bench_thin_parts.py [--leg-width 0.018] [--frame-size 256] [--cache DIR]
+    python benchmarks/bench_thin_parts.py [--leg-width 0.018] [--frame-size 256] [--resolution 256]
+        [--voxels 256] [--render-size 256] [--cache DIR]
         [--pictures DIR] [--old-rules]
 """
 
@@ -141,6 +142,9 @@ def main() -> None:
     parser.add_argument("--frame-size", type=int, default=256, help="size the frames are ray-cast at")
     parser.add_argument("--preset", default="fast", help="reconstruct preset the fit and mesh follow")
     parser.add_argument("--iterations", type=int, default=None, help="override the preset's iterations")
+    parser.add_argument("--resolution", type=int, default=None, help="override the preset's fit resolution")
+    parser.add_argument("--voxels", type=int, default=None, help="override the preset's TSDF voxels per side")
+    parser.add_argument("--render-size", type=int, default=None, help="override the preset's meshing renders")
     parser.add_argument("--cache", type=Path, default=None, help="folder of the frames and fit, reused")
     parser.add_argument("--pictures", type=Path, default=None, help="truth | splats | glb at held-out views")
     parser.add_argument("--leg-width", type=float, default=2 * synthetic.LEG_HALF_WIDTH, help="world units")
@@ -158,7 +162,11 @@ def main() -> None:
     overrides: dict[str, Any] = {"device": args.device}
     if args.iterations is not None:
         overrides["iterations"] = args.iterations
+    if args.resolution is not None:
+        overrides["resolution"] = args.resolution
     fit_cfg, mesh_cfg = bench_settings(args.preset, FitConfig(), overrides)
+    mesh_overrides = {"voxels": args.voxels, "render_size": args.render_size}
+    mesh_cfg = mesh_cfg.updated({k: v for k, v in mesh_overrides.items() if v is not None})
     if args.old_rules:
         mesh_cfg = mesh_cfg.updated({"thin_px": 0, "support_share": 0.0})
     export_cfg = ExportConfig()

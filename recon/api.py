@@ -204,6 +204,8 @@ def _fit_and_export(
     result = fit(frames.frames, cameras, settings.fit, progress=progress, alpha=frames.alpha)
     t1 = time.perf_counter()
     log(f"fitted {len(result.splats)} gaussians, mean training PSNR {np.mean(result.psnr):.2f} dB; meshing")
+    train_side = max(result.cameras.width, result.cameras.height)
+    settings.mesh = settings.mesh.following(train_side, settings.mesh_given)
     surface = fuse_surface(result.splats, result.cameras, result.hull, settings.mesh)
     mesh, fitted = surface.mesh, len(result.splats)
     result.splats = carve_splats(result.splats, surface, settings.mesh)

@@ -76,6 +76,9 @@ class Settings:
     mesh: MeshConfig
     preset: str
     export: ExportConfig = field(default_factory=ExportConfig)
+    # The "mesh" keys a config file gave: kept as given, where the presets' follow the fit
+    # (`recon.mesh.MeshConfig.following`).
+    mesh_given: frozenset[str] = frozenset()
 
 
 EXPORT_KEYS = frozenset(f.name for f in fields(ExportConfig))
@@ -132,4 +135,4 @@ def resolve_settings(
     fit = fit.updated({k: v for k, v in (fit_cli or {}).items() if v is not None}, "fit option")
     export = export.updated({k: v for k, v in (export_cli or {}).items() if v is not None}, "export option")
     fit = fit.validate()
-    return Settings(orbit, fit, mesh.validate(), name, export.validate())
+    return Settings(orbit, fit, mesh.validate(), name, export.validate(), frozenset(config_mesh))

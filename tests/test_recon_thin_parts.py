@@ -120,3 +120,19 @@ def z_depth(scene, cams: Cameras, index: int, far: float) -> np.ndarray:
     rays = np.concatenate([np.broadcast_to(c2w[:3, 3], cam.shape), cam @ c2w[:3, :3].T], 1)
     t = scene.cast_rays(o3d.core.Tensor(rays.astype(np.float32)))["t_hit"].numpy()  # along `cam`: z = t
     return np.where(np.isfinite(t), t, far).reshape(cams.height, cams.width).astype(np.float32)
+
+
+def test_the_mesh_is_never_coarser_than_its_fit() -> None:
+    """A 256 px fit meshed at the fast preset's 160 voxels and 160 px renders lost the spider's thin legs'
+    width and 4 dB (benchmarks/RESULTS.md, stop 26): the presets' mesh sizes follow a finer fit, up to
+    the voxel cap; a config file's values stay as given."""
+    from recon.mesh import MAX_FOLLOWED_VOXELS, MeshConfig
+
+    preset = MeshConfig(voxels=160, render_size=160)
+    assert preset.following(128) == preset  # the fast preset's own 128 px fit: unchanged
+    finer = preset.following(256)
+    assert (finer.voxels, finer.render_size) == (256, 256)
+    huge = preset.following(2048)
+    assert (huge.voxels, huge.render_size) == (MAX_FOLLOWED_VOXELS, 2048)
+    given = preset.following(256, frozenset({"voxels"}))
+    assert (given.voxels, given.render_size) == (160, 256)
