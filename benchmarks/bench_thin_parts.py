@@ -23,13 +23,14 @@ Targets (issue 26): every leg present, silhouette IoU >= 0.95 at every held-out 
 of the splats.
 
     python benchmarks/bench_thin_parts.py [--leg-width 0.018] [--frame-size 256] [--resolution 256]
-        [--voxels 256] [--render-size 256] [--cache DIR]
+        [--voxels 256] [--render-size 256] [--faces 0] [--vertex-colors] [--cache DIR]
         [--pictures DIR] [--old-rules]
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import tempfile
 import time
 from functools import partial
@@ -145,6 +146,8 @@ def main() -> None:
     parser.add_argument("--resolution", type=int, default=None, help="override the preset's fit resolution")
     parser.add_argument("--voxels", type=int, default=None, help="override the preset's TSDF voxels per side")
     parser.add_argument("--render-size", type=int, default=None, help="override the preset's meshing renders")
+    parser.add_argument("--faces", type=int, default=None, help="override the export's face budget (0: all)")
+    parser.add_argument("--vertex-colors", action="store_true", help="per-vertex colour instead of a texture")
     parser.add_argument("--cache", type=Path, default=None, help="folder of the frames and fit, reused")
     parser.add_argument("--pictures", type=Path, default=None, help="truth | splats | glb at held-out views")
     parser.add_argument("--leg-width", type=float, default=2 * synthetic.LEG_HALF_WIDTH, help="world units")
@@ -169,7 +172,9 @@ def main() -> None:
     mesh_cfg = mesh_cfg.updated({k: v for k, v in mesh_overrides.items() if v is not None})
     if args.old_rules:
         mesh_cfg = mesh_cfg.updated({"thin_px": 0, "support_share": 0.0})
-    export_cfg = ExportConfig()
+    export_cfg = ExportConfig(vertex_colors=args.vertex_colors)
+    if args.faces is not None:
+        export_cfg = dataclasses.replace(export_cfg, faces=args.faces)
     size = args.frame_size
     c2w = synthetic.orbit_c2w(np.arange(FRAMES) * 360.0 / FRAMES, ELEVATION, RADIUS)
     frames = cached_frames(
