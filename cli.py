@@ -53,7 +53,7 @@ from runs.options import (
     values,
 )
 from runs.output import check_out_dir, real_out, refuse_overlap, staged_output
-from runs.params import generate_config, generate_output_bytes
+from runs.params import generate_config, generate_output_bytes, group_of
 from runs.progress import progress_lines_when_piped
 from runs.stages import logger, run_folder, run_stages_of
 
@@ -170,13 +170,13 @@ def command(*groups: type, **settings: Any) -> Callable[[Callable[..., None]], C
     """
 
     def register(fn: Callable[..., None]) -> Callable[..., None]:
-        members = [(group, dataclasses.fields(group), typing.get_type_hints(group)) for group in groups]
+        members = [(dataclasses.fields(group), typing.get_type_hints(group)) for group in groups]
 
         def invoke(**given: Any) -> None:
-            fn(*(group(**{f.name: given[f.name] for f in fs}) for group, fs, _ in members))
+            fn(*(group_of(group, given) for group in groups))
 
         invoke.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
-            [typer_parameter(f, hints[f.name]) for _, fs, hints in members for f in fs]
+            [typer_parameter(f, hints[f.name]) for fs, hints in members for f in fs]
         )
         invoke.__name__, invoke.__doc__ = fn.__name__, fn.__doc__
         app.command(fn.__name__, **settings)(guarded(invoke))

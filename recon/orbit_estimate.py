@@ -66,7 +66,7 @@ FULL_TURN_RATIO = 0.35
 SILHOUETTE_FOV_SPREAD = 2.0
 # The silhouettes' sweeps span this many track spreads either side, and at least the floors (degrees).
 SILHOUETTE_SPREADS, SILHOUETTE_FOV_SPAN, SILHOUETTE_ELEVATION_SPAN = 2.5, 3.0, 2.0
-# The refined lens's uncertainty for the bundle adjustment's lens prior: the spread the silhouettes left
+# The refined lens's reported uncertainty (the adjustment has run by then): the error the silhouettes left
 # on the smooth scene (41.1 and 41.3 degrees for a true 40, from starts 4.5 and 7.3 off).
 SILHOUETTE_FOV_DEG = 1.5
 ROBUST_PX = 0.15  # scale of the robust cost, in tracking pixels: tracks off by more count as outliers
@@ -147,6 +147,15 @@ class OrbitEstimate:
             f"{self.tracks} tracks{'' if self.forward_backward_px <= FORWARD_BACKWARD_PX else ' (loose)'}, "
             f"median error {self.median_error_px:.2f} px{self._silhouette_note()}; {self.seconds:.1f} s)"
         )
+
+
+def object_masks(frames: np.ndarray, alpha: np.ndarray | None, side: int) -> np.ndarray:
+    """The object's masks [N, h, w] of `frames` (and their `alpha`, when they had one) at `side` px."""
+    from recon.fit import resize_frames
+
+    small = resize_frames(frames, side)
+    small_alpha = None if alpha is None else resize_frames(alpha[..., None], side)[..., 0]
+    return find_background(small, small_alpha).masks
 
 
 def closes_loop(frames: np.ndarray) -> float:
@@ -281,7 +290,6 @@ def estimate_orbit(
     `starts` holds given values that are only starting points: the search stays within
     `search.local_span` degrees of them and keeps their direction.
     """
-    from recon.fit import resize_frames
 
     search = search or SearchConfig()
     fixed, starts = dict(fixed or {}), dict(starts or {})
@@ -293,9 +301,7 @@ def estimate_orbit(
     loop_ratio = closes_loop(frames)
     if "full_turn" not in fixed:
         base = base.updated({"full_turn": bool(loop_ratio < FULL_TURN_RATIO)})
-    small = resize_frames(frames, SILHOUETTE_SIDE)
-    small_alpha = None if alpha is None else resize_frames(alpha[..., None], SILHOUETTE_SIDE)[..., 0]
-    masks = find_background(small, small_alpha).masks
+    masks = object_masks(frames, alpha, SILHOUETTE_SIDE)
     if masks.mean() < 1e-4:
         raise ReconError("no object found: every frame matches its background, so no orbit can be estimated")
     # For the bundle adjustment, tracks start on every frame (twice the observations of a frame the
@@ -385,18 +391,15 @@ def lens_from_silhouettes(
     """`estimate` with the fov (and the elevation, unless given) at the silhouettes' peak near the tracks'
     values (`recon.silhouette`). Scored on the estimated circle, so only for an orbit the circle explains:
     the caller asks once the bundle adjustment found no frame off it."""
-    from recon.fit import resize_frames
-    from recon.silhouette import SILHOUETTE_SIDE, refine_with_silhouettes
+    from recon.silhouette import COHERENCE_SIDE, refine_with_silhouettes
 
+    t0 = time.perf_counter()
     orbit, spread = estimate.orbit, estimate.uncertainty
     bounds = search_bounds(dict(fixed or {}), dict(starts or {}), search or SearchConfig())
-    small = resize_frames(frames, SILHOUETTE_SIDE)
-    small_alpha = None if alpha is None else resize_frames(alpha[..., None], SILHOUETTE_SIDE)[..., 0]
-    masks = find_background(small, small_alpha).masks
+    masks = object_masks(frames, alpha, COHERENCE_SIDE)
     spans = {"fov": max(SILHOUETTE_SPREADS * spread["fov"], SILHOUETTE_FOV_SPAN)}
     if "elevation" in estimate.estimated:
         spans["elevation"] = max(SILHOUETTE_SPREADS * spread.get("elevation", 0.0), SILHOUETTE_ELEVATION_SPAN)
-    t0 = time.perf_counter()
     refined, coherence = refine_with_silhouettes(masks, orbit, spans)
     # A given starting value's window (--refine) bounds the silhouettes as it bounds the tracks.
     values = {name: float(np.clip(getattr(refined, name), *bounds[name])) for name in spans}

@@ -23,7 +23,8 @@ Group = TypeVar("Group")
 
 
 def group_of(group: type[Group], params: dict[str, Any]) -> Group:
-    """The option group `group` (a `runs.options` dataclass) of a command's or a batch row's parameters."""
+    """The option group `group` (a `runs.options` dataclass) of a command's or a batch row's parameters,
+    by its fields' names."""
     return group(**{f.name: params[f.name] for f in dataclass_fields(group)})  # type: ignore[arg-type]
 
 
