@@ -206,6 +206,7 @@ def _fit_and_export(
     log(f"fitted {len(result.splats)} gaussians, mean training PSNR {np.mean(result.psnr):.2f} dB; meshing")
     train_side = max(result.cameras.width, result.cameras.height)
     settings.mesh = settings.mesh.following(train_side, settings.mesh_given)
+    settings.export = settings.export.following(frames.width * frames.height, settings.export_given)
     surface = fuse_surface(result.splats, result.cameras, result.hull, settings.mesh)
     mesh, fitted = surface.mesh, len(result.splats)
     result.splats = carve_splats(result.splats, surface, settings.mesh)

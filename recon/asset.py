@@ -18,13 +18,20 @@ never reaches into how it was made.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from recon.constants import MAX_TEXTURE_SIZE, MIN_FACES, MIN_TEXTURE_SIZE, TEXELS_PER_FRAME_PIXEL
+from recon.constants import (
+    FACES_PER_FRAME_PIXEL,
+    MAX_TEXTURE_SIZE,
+    MIN_FACES,
+    MIN_TEXTURE_SIZE,
+    TEXELS_PER_FRAME_PIXEL,
+)
 from recon.errors import ReconError
 from recon.export import SPLAT_FORMATS, write_splats
 from recon.fit import Splats
@@ -47,7 +54,8 @@ from recon.texture import (
 class ExportConfig:
     """How the mesh and splats are written. Keys live in a config file's "mesh" section."""
 
-    # Face budget: quadric decimation down to at most this many faces (0 keeps every TSDF face).
+    # Face budget: quadric decimation down to at most this many faces (0 keeps every TSDF face). Unless
+    # given, never more than `FACES_PER_FRAME_PIXEL` per pixel of a frame (`following`).
     faces: int = 50_000
     # Side of the square base-colour texture, in texels; never more than `TEXELS_PER_FRAME_PIXEL` times
     # the frames' longest side (more texels than the frames hold only cost time).
@@ -101,6 +109,16 @@ class ExportConfig:
             if not isinstance(value, bool):
                 raise ReconError(f"{name.replace('_', '-')} must be true or false, got {value!r}")
         return self
+
+    def following(self, frame_pixels: int, given: frozenset[str] = frozenset()) -> ExportConfig:
+        """This config for frames of `frame_pixels` pixels each: the face budget at most
+        `FACES_PER_FRAME_PIXEL` per pixel (and at least `MIN_FACES`), unless `given` holds "faces" (a
+        config file or the command line set it) or the budget is 0 (no limit). A 128 px orbit shows no more
+        than 16k faces' worth of surface, and xatlas's time grows with the faces."""
+        if "faces" in given or self.faces == 0:
+            return self
+        cap = max(MIN_FACES, round(FACES_PER_FRAME_PIXEL * frame_pixels))
+        return dataclasses.replace(self, faces=min(self.faces, cap))
 
     def updated(self, data: dict[str, Any], where: str = "mesh") -> ExportConfig:
         """A copy with the keys of `data` replaced; unknown keys are an error (typos must not pass)."""

@@ -79,6 +79,9 @@ class Settings:
     # The "mesh" keys a config file gave: kept as given, where the presets' follow the fit
     # (`recon.mesh.MeshConfig.following`).
     mesh_given: frozenset[str] = frozenset()
+    # The export keys a config file or the command line gave: kept as given, where the defaults follow the
+    # frames (`recon.asset.ExportConfig.following`).
+    export_given: frozenset[str] = frozenset()
 
 
 EXPORT_KEYS = frozenset(f.name for f in fields(ExportConfig))
@@ -135,4 +138,7 @@ def resolve_settings(
     fit = fit.updated({k: v for k, v in (fit_cli or {}).items() if v is not None}, "fit option")
     export = export.updated({k: v for k, v in (export_cli or {}).items() if v is not None}, "export option")
     fit = fit.validate()
-    return Settings(orbit, fit, mesh.validate(), name, export.validate(), frozenset(config_mesh))
+    export_given = frozenset(config_export) | {k for k, v in (export_cli or {}).items() if v is not None}
+    return Settings(
+        orbit, fit, mesh.validate(), name, export.validate(), frozenset(config_mesh), frozenset(export_given)
+    )

@@ -187,7 +187,7 @@ class Export:
         low=0,
         panel=EXPORT_PANEL,
         help=f"Face budget of the mesh: quadric decimation to at most this many, at least {MIN_FACES} "
-        "(default 50000; 0 = all).",
+        "(default 50000, or one per pixel of a frame when that is fewer; 0 = all).",
     )
     texture_size: int | None = option(
         None,

@@ -136,3 +136,23 @@ def test_the_mesh_is_never_coarser_than_its_fit() -> None:
     assert (huge.voxels, huge.render_size) == (MAX_FOLLOWED_VOXELS, 2048)
     given = preset.following(256, frozenset({"voxels"}))
     assert (given.voxels, given.render_size) == (160, 256)
+
+
+def test_the_face_budget_follows_small_frames_unless_given() -> None:
+    """21 frames of 128 px showed the same held-out glb at 50k, 25k and 12k faces, and xatlas took twice as
+    long at 50k (benchmarks/RESULTS.md, stop 27): the default budget is capped by the frames' pixels; a
+    --faces flag or a config file's value stays as given, and 0 (no limit) stays 0."""
+    from recon.asset import ExportConfig
+    from recon.config import resolve_settings
+    from recon.constants import FACES_PER_FRAME_PIXEL
+
+    default = ExportConfig()
+    assert default.following(128 * 128).faces == round(FACES_PER_FRAME_PIXEL * 128 * 128) < default.faces
+    assert default.following(512 * 512) == default  # Droplet3D's 512 px frames keep the default
+    assert ExportConfig(faces=0).following(128 * 128).faces == 0
+    given = resolve_settings(None, export_cli={"faces": 80_000, "texture_size": None})
+    assert given.export_given == {"faces"}
+    assert given.export.following(128 * 128, given.export_given).faces == 80_000
+    from_file = resolve_settings({"mesh": {"faces": 30_000, "voxels": 200}})
+    assert from_file.export_given == {"faces"} and from_file.mesh_given == {"voxels"}
+    assert from_file.export.following(128 * 128, from_file.export_given).faces == 30_000
