@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 
 import numpy as np
+import pytest
 import torch
 
 from recon import synthetic
@@ -156,3 +157,24 @@ def test_the_face_budget_follows_small_frames_unless_given() -> None:
     from_file = resolve_settings({"mesh": {"faces": 30_000, "voxels": 200}})
     assert from_file.export_given == {"faces"} and from_file.mesh_given == {"voxels"}
     assert from_file.export.following(128 * 128, from_file.export_given).faces == 30_000
+
+
+def test_partly_covered_pixels_abstain_only_under_the_carve_threshold() -> None:
+    """`alpha_carve`: background pixels whose coverage lies between it and `alpha_min` neither carve nor
+    fuse (a finer fit's thin part keeps its partly covered edge); at its default every background pixel
+    carves, as before; it cannot exceed `alpha_min`."""
+    from recon.errors import ReconError
+    from recon.mesh import MeshConfig, fusion_depth
+
+    alpha = np.zeros((9, 9), dtype=np.float32)
+    alpha[2:7, 2:7] = 0.4  # a partly covered band around ...
+    alpha[3:6, 3:6] = 1.0  # ... a solid part
+    depth = np.full((9, 9), 1.5, dtype=np.float32)
+    far = 10.0
+    default = fusion_depth(depth, alpha, far, MeshConfig())
+    assert (default[alpha == 0.4] == far).all() and (default[alpha == 0.0] == far).all()
+    finer = fusion_depth(depth, alpha, far, MeshConfig(alpha_carve=0.35))
+    assert (finer[alpha == 0.4] == 0.0).all() and (finer[alpha == 0.0] == far).all()
+    assert (finer[alpha == 1.0] == default[alpha == 1.0]).all()
+    with pytest.raises(ReconError, match="alpha_carve"):
+        MeshConfig(alpha_carve=0.6).validate()
