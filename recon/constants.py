@@ -20,10 +20,10 @@ MAX_TEXTURE_SIZE = 8192  # 8192^2 texels x 3 bytes = 200 MB, and the bake holds 
 # 23.77 dB, and the export took 17, 20 and 29 s; 8 keeps a margin over the 4 that already saturates.
 TEXELS_PER_FRAME_PIXEL = 8
 # The face budget is capped at this many faces per pixel of one frame (a --faces or config value stays as
-# given). Small frames show no more surface than that: 21 frames of 128 px (bench texexp, stop 27; held-out
-# glb PSNR between / above / below) gave 23.02 / 22.33 / 20.78 dB at 50k faces, 23.02 / 22.32 / 20.78 at
-# 25k and 23.02 / 22.34 / 20.78 at 12k, and the export took 15.0, 8.2 and 7.0 s (xatlas is most of it).
-# Frames of 224 px and more keep the 50k default.
+# given). Small frames show no more surface than that: 21 frames of 128 px (benchmarks/bench_glb_gap.py;
+# held-out glb PSNR at the odd frames / above / below) gave 23.02 / 22.33 / 20.78 dB at 50k faces,
+# 23.02 / 22.32 / 20.78 at 25k and 23.02 / 22.34 / 20.78 at 12k, and the export took 15.0, 8.2 and 7.0 s
+# (xatlas is most of it). Frames of 224 px and more keep the 50k default.
 FACES_PER_FRAME_PIXEL = 1.0
 MAX_SEED = 2**32 - 1  # seeds: the range numpy's and torch's generators both accept
 # The fit's bounds (a --config file's "fit" section and the flags are both checked against these).
