@@ -124,9 +124,11 @@ def rasterize(mesh: Any, cams: Cameras, index: int, size: int) -> tuple[np.ndarr
     return face.reshape(size, size), bary.reshape(size, size, 3), xy
 
 
-def shade(mesh: Any, face: np.ndarray, bary: np.ndarray) -> np.ndarray:
-    """Unlit display colour (sRGB, 0..1) [H, W, 3] of the visible surface; background elsewhere."""
-    out = np.tile(synthetic.BACKGROUND, (*face.shape, 1))
+def shade(
+    mesh: Any, face: np.ndarray, bary: np.ndarray, background: Any = synthetic.BACKGROUND
+) -> np.ndarray:
+    """Unlit display colour (sRGB, 0..1) [H, W, 3] of the visible surface; `background` elsewhere."""
+    out = np.tile(np.asarray(background, dtype=np.float64), (*face.shape, 1))
     hit = face >= 0
     corners = np.asarray(mesh.faces)[face[hit]]
     w = bary[hit]
@@ -152,13 +154,14 @@ def bilinear(image: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:
     return top * (1 - fy) + bottom * fy
 
 
-def render_mesh(mesh: Any, cams: Cameras, size: int) -> np.ndarray:
+def render_mesh(mesh: Any, cams: Cameras, size: int, background: Any = synthetic.BACKGROUND) -> np.ndarray:
     """Views [C, size, size, 3] uint8 of `mesh`, box-filtered from EVAL_SUPERSAMPLE^2 samples."""
     big = size * EVAL_SUPERSAMPLE
     views = []
     for i in range(len(cams)):
         face, bary, _ = rasterize(mesh, cams, i, big)
-        img = shade(mesh, face, bary).reshape(size, EVAL_SUPERSAMPLE, size, EVAL_SUPERSAMPLE, 3).mean((1, 3))
+        img = shade(mesh, face, bary, background)
+        img = img.reshape(size, EVAL_SUPERSAMPLE, size, EVAL_SUPERSAMPLE, 3).mean((1, 3))
         views.append(np.round(img * 255).astype(np.uint8))
     return np.stack(views)
 

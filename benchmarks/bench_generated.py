@@ -178,6 +178,15 @@ def true_cameras(path: TruePath, size: int) -> Cameras:
     return Cameras(c2w, focal, focal, size / 2.0, size / 2.0, size, size)
 
 
+def held_out_sides(path: TruePath) -> dict[str, tuple[np.ndarray, float]]:
+    """The held-out views' azimuths and elevation per side: halfway between every second pair of training
+    azimuths at the orbit's mean elevation, and every fourth such azimuth `ABOVE_DEG` / `BELOW_DEG` off."""
+    between = (path.azimuth + np.diff(np.r_[path.azimuth, path.azimuth[0] + 360.0]) / 2.0)[::2]
+    elevation = float(path.elevation.mean())
+    return {"between": (between, elevation), "above": (between[::2], elevation + ABOVE_DEG),
+            "below": (between[::2], elevation + BELOW_DEG)}  # fmt: skip
+
+
 def held_out_psnr(
     splats, path: TruePath, scene: list, res: int, azimuth_offset: float, fit_fov: float | None = None
 ) -> dict[str, float]:
@@ -192,12 +201,8 @@ def held_out_psnr(
 
     from recon.fit import psnr
 
-    between = (path.azimuth + np.diff(np.r_[path.azimuth, path.azimuth[0] + 360.0]) / 2.0)[::2]
-    sides = {"between": (between, float(path.elevation.mean())),
-             "above": (between[::2], float(path.elevation.mean()) + ABOVE_DEG),
-             "below": (between[::2], float(path.elevation.mean()) + BELOW_DEG)}  # fmt: skip
     fov, out = float(path.fov.mean()), {}
-    for name, (azimuths, elevation) in sides.items():
+    for name, (azimuths, elevation) in held_out_sides(path).items():
         truth, _ = synthetic.render(
             synthetic.orbit_c2w(azimuths, elevation, RADIUS), fov, res, scene, 2, BACKGROUND
         )

@@ -21,7 +21,6 @@ import dataclasses
 import time
 from pathlib import Path
 
-import bench_export
 import bench_generated as bg
 import numpy as np
 from bench_export import psnr, render_mesh
@@ -43,11 +42,11 @@ def views(
     cams = bg.true_cameras(path, size)
     even, odd = np.arange(0, n, 2), np.arange(1, n, 2)
     out = {"training": (cams.subset(even), frames[even]), "odd": (cams.subset(odd), frames[odd])}
-    between = (path.azimuth + np.diff(np.r_[path.azimuth, path.azimuth[0] + 360.0]) / 2.0)[::4]
     fov = float(path.fov.mean())
     focal = focal_from_fov(fov, size)
-    for name, offset in (("above", bg.ABOVE_DEG), ("below", bg.BELOW_DEG)):
-        c2w = synthetic.orbit_c2w(between, float(path.elevation.mean()) + offset, bg.RADIUS)
+    sides = bg.held_out_sides(path)
+    for name in ("above", "below"):
+        c2w = synthetic.orbit_c2w(*sides[name], bg.RADIUS)
         truth, _ = synthetic.render(c2w, fov, size, scene, 2, bg.BACKGROUND)
         out[name] = (Cameras(c2w, focal, focal, size / 2, size / 2, size, size), truth)
     return out
@@ -82,7 +81,6 @@ def main() -> None:
     surface = fuse_surface(splats, train, hull, mesh_cfg)
     splats = carve_splats(splats, surface, mesh_cfg)
     judged = views(path, frames, scene, args.size)
-    bench_export.synthetic.BACKGROUND = np.asarray(bg.BACKGROUND)  # the glb's background: the frames'
 
     print(f"{args.frames} frames of {args.size} px ({args.scene}, {args.case}), fitted on the even frames")
     print(f"{'':14} " + " ".join(f"{name:>9}" for name in judged) + "  (PSNR, dB)")
@@ -99,7 +97,7 @@ def main() -> None:
         seconds = time.perf_counter() - start
         row = []
         for cameras, truth in judged.values():
-            images = render_mesh(asset.mesh, cameras, args.size)
+            images = render_mesh(asset.mesh, cameras, args.size, bg.BACKGROUND)  # the frames' background
             row.append(np.mean([psnr(a, b) for a, b in zip(images, truth, strict=True)]))
         label = f"glb {len(asset.mesh.faces)}"
         print(f"{label:14} " + " ".join(f"{v:9.2f}" for v in row) + f"  export {seconds:.1f} s")

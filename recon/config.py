@@ -136,9 +136,10 @@ def resolve_settings(
     mesh = mesh.updated(config_mesh, "config mesh")
     export = export.updated(config_export, "config mesh")
     fit = fit.updated({k: v for k, v in (fit_cli or {}).items() if v is not None}, "fit option")
-    export = export.updated({k: v for k, v in (export_cli or {}).items() if v is not None}, "export option")
+    export_cli_given = {k: v for k, v in (export_cli or {}).items() if v is not None}
+    export = export.updated(export_cli_given, "export option")
     fit = fit.validate()
-    export_given = frozenset(config_export) | {k for k, v in (export_cli or {}).items() if v is not None}
     return Settings(
-        orbit, fit, mesh.validate(), name, export.validate(), frozenset(config_mesh), frozenset(export_given)
-    )
+        orbit, fit, mesh.validate(), name, export.validate(), frozenset(config_mesh),
+        frozenset(config_export) | frozenset(export_cli_given),
+    )  # fmt: skip

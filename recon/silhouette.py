@@ -127,6 +127,9 @@ def coherence(outlines: Outlines, orbit: OrbitConfig) -> float:
     return float((covered.reshape(n, -1).sum(1) / area).mean())
 
 
+PEAK_NEIGHBOURS = 2  # samples either side of the best that the peak's parabola goes through
+
+
 def _peak(xs: np.ndarray, ys: np.ndarray) -> float:
     """Where the sweep (xs ascending, ys) peaks: the vertex of a parabola through the best sample and its
     `PEAK_NEIGHBOURS` either side, kept between them (a parabola over the whole sweep misplaced the sharp,
@@ -139,7 +142,6 @@ def _peak(xs: np.ndarray, ys: np.ndarray) -> float:
     return float(np.clip(-b / (2.0 * a), xs[lo], xs[hi - 1]))
 
 
-PEAK_NEIGHBOURS = 2  # samples either side of the best that the peak's parabola goes through
 SWEEP_SAMPLES = 9
 # The sweeps, in order: the elevation first (the tracks' is nearer), then the lens, then the elevation again
 # at the new lens. A further pair of narrower sweeps (1 and 1.5 degrees) was tried and fitted the noise:
