@@ -11,7 +11,7 @@ elevation and distance (frame 0's distance stays the orbit's radius: the scale g
 camera drifts in and out, measured: on a 4% drift the fixed radius left frames 1.2 degrees and the fov 1.1
 off, the free distance 0.24 and 0.03); the focal length, shared by every frame, gets one scale; every
 track gets its 3D point. The cost is the tracks' reprojection error in
-tracking pixels, robust (`BundleConfig.loss`), plus three priors, each weighed against the tracks in
+tracking pixels, robust (`BundleConfig.loss`), plus four priors, each weighed against the tracks in
 units of the tracker's noise (`BundleConfig.noise_px`):
 
 * *the circle*: each frame stays near the estimated circle (`BundleConfig.prior_deg`). It holds the slow
@@ -21,6 +21,11 @@ units of the tracker's noise (`BundleConfig.noise_px`):
 * *smoothness*: an orbit is a smooth path, so the second differences of each frame's offset from the
   circle (angles and log distance) are held near zero (`BundleConfig.smooth_deg`). A slowly varying
   speed or a drifting elevation costs nothing; a frame that jumps away from both neighbours costs a lot;
+* *the smooth path*: each frame's azimuth and elevation offsets stay near one low-order smooth path
+  through the whole orbit (a constant, a linear drift and a few harmonics per turn; its coefficients are
+  solved with the frames, `BundleConfig.path_deg`). The second-difference prior holds a frame to its
+  neighbours only, so where the tracks thin out (a generated video's back, whose detail changes from frame
+  to frame) the frames there could wander together; the path ties them to what the rest of the turn draws;
 * *the lens*: the estimate already measured the fov, with an uncertainty (its bootstrap spread), so the
   focal length may move within that spread, and further only where the tracks demand it.
 
@@ -135,7 +140,8 @@ class BundleResult:
         return {
             "method": "bundle adjustment of the point tracks: per-frame azimuth and elevation on the orbit's "
             "sphere, the focal length and the tracks' points, robust reprojection error, with priors on the "
-            "circle, the path's smoothness and the estimated lens; checked on held-out tracks",
+            "circle, the path's smoothness, a low-order smooth path and the estimated lens; checked on "
+            "held-out tracks",
             "choice": self.choice,
             "why": _why(self.choice),
             "held_out_median_px": {k: round(v, 4) for k, v in self.held_out_px.items()},

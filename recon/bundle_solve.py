@@ -53,6 +53,7 @@ class Channel:
     circle: float  # spread of the offset from the circle
     smooth: float  # spread of the offset's second difference
     bound: float  # |offset| at most
+    path: float = 0.0  # spread of the offset from its low-order smooth path (`smooth_path_basis`); 0: none
 
 
 @dataclass
@@ -68,6 +69,8 @@ class Priors:
     distance: float  # spread of the log distance's offset
     distance_smooth: float
     distance_bound: float
+    path: float  # spread of each angle's offset from its low-order smooth path (0: no such prior)
+    harmonics: int  # that path's harmonics per turn
 
     @classmethod
     def of(cls, cfg: BundleConfig, orbit: OrbitConfig, fov_uncertainty: float | None) -> Priors:
@@ -77,7 +80,8 @@ class Priors:
         lens = math.radians(fov_sigma) / math.sin(math.radians(orbit.fov))
         return cls(math.radians(cfg.prior_deg), math.radians(cfg.smooth_deg), lens, cfg.lens_bound * lens,
                    math.radians(cfg.max_azimuth_deg), math.radians(cfg.max_elevation_deg),
-                   cfg.distance_prior, cfg.distance_smooth, cfg.max_distance)  # fmt: skip
+                   cfg.distance_prior, cfg.distance_smooth, cfg.max_distance, math.radians(cfg.path_deg),
+                   cfg.path_harmonics)  # fmt: skip
 
 
 class Problem:
@@ -97,10 +101,11 @@ class Problem:
 
         self.n = n = len(nominal_az)
         p = priors
-        channels = [Channel("azimuth", np.radians(nominal_az), 1, p.circle, p.smooth, p.azimuth_bound)]
+        az = np.radians(nominal_az)
+        channels = [Channel("azimuth", az, 1, p.circle, p.smooth, p.azimuth_bound, p.path)]
         if free_elevation:
             el = np.full(n, math.radians(orbit.elevation))
-            channels.append(Channel("elevation", el, 0, p.circle, p.smooth, p.elevation_bound))
+            channels.append(Channel("elevation", el, 0, p.circle, p.smooth, p.elevation_bound, p.path))
         if cfg.free_distance:
             log_r = np.full(n, math.log(orbit.radius))
             channels.append(Channel("distance", log_r, 1, p.distance, p.distance_smooth, p.distance_bound))
@@ -125,11 +130,22 @@ class Problem:
             self.columns[ch.name] = cols
             col += n - ch.first
         self.focal_col = col if free_focal else -1
-        self.n_cam = col + int(free_focal)
+        col += int(free_focal)
+        # The smooth path's coefficients: parameters of their own, so that each path residual depends on one
+        # frame and a few coefficients and the Jacobian stays sparse (the projection onto the basis written
+        # out would make every path residual depend on every frame).
+        self.basis = smooth_path_basis(n, p.harmonics)
+        self.path_columns = {}
+        for ch in channels:
+            if ch.path > 0:
+                self.path_columns[ch.name] = col + np.arange(self.basis.shape[1])
+                col += self.basis.shape[1]
+        self.n_cam = col
 
         k = len(self.obs_track)
         n_inner = max(n - 2, 0)
-        rows = 2 * k + sum(n - ch.first + n_inner for ch in channels) + int(free_focal)
+        path_rows = n * len(self.path_columns)
+        rows = 2 * k + sum(n - ch.first + n_inner for ch in channels) + path_rows + int(free_focal)
         pattern = lil_matrix((rows, self.n_cam + 3 * self.t), dtype=np.int8)
         obs_rows = np.arange(2 * k)
         obs_frames = self.obs_frame[np.repeat(np.arange(k), 2)]
@@ -151,6 +167,11 @@ class Problem:
                 c = cols[inner + offset]
                 pattern[row + np.arange(n_inner)[c >= 0], c[c >= 0]] = 1
             row += n_inner
+            if ch.name in self.path_columns:  # frame i's offset and every coefficient of its path
+                frames = np.arange(n)
+                pattern[row + frames[cols >= 0], cols[cols >= 0]] = 1
+                pattern[row : row + n, self.path_columns[ch.name]] = 1
+                row += n
         if free_focal:
             pattern[row, self.focal_col] = 1
         self.pattern = pattern.tocsr()
@@ -162,8 +183,8 @@ class Problem:
         if self.free_focal:
             low.append([-self.priors.lens_bound])
             high.append([self.priors.lens_bound])
-        points = np.full(3 * self.t, np.inf)
-        return np.concatenate([*low, -points]), np.concatenate([*high, points])
+        unbounded = np.full(3 * self.t + self.n_coefficients, np.inf)  # the path's coefficients, the points
+        return np.concatenate([*low, -unbounded]), np.concatenate([*high, unbounded])
 
     def unpack(self, x: np.ndarray) -> tuple[dict[str, np.ndarray], float, np.ndarray]:
         """Every channel's values [N], the focal length (px), the points [T, 3]."""
@@ -174,6 +195,10 @@ class Problem:
             col += free
         focal = self.focal * (math.exp(x[self.focal_col]) if self.free_focal else 1.0)
         return values, focal, x[self.n_cam :].reshape(-1, 3)
+
+    @property
+    def n_coefficients(self) -> int:
+        return sum(len(c) for c in self.path_columns.values())
 
     def path(self, values: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Azimuths, elevations (radians) and distances [N] of `unpack`'s channel values."""
@@ -188,6 +213,9 @@ class Problem:
         parts = [given[ch.name][ch.first :] for ch in self.channels]
         if self.free_focal:
             parts.append([path.log_focal])
+        for ch in self.channels:  # the path through the start's offsets
+            if ch.name in self.path_columns:
+                parts.append(np.linalg.lstsq(self.basis, given[ch.name] - ch.nominal, rcond=None)[0])
         x = np.concatenate([*parts, points.ravel()])
         low, high = self.bounds()
         margin = 1e-9
@@ -207,6 +235,8 @@ class Problem:
         for ch in self.channels:
             offset = values[ch.name] - ch.nominal
             rows += [offset[ch.first :] * (w / ch.circle), np.diff(offset, 2) * (w / ch.smooth)]
+            if ch.name in self.path_columns:
+                rows.append((offset - self.basis @ x[self.path_columns[ch.name]]) * (w / ch.path))
         if self.free_focal:
             rows.append([math.log(focal / self.focal) * (w / self.priors.lens)])
         return np.concatenate(rows)
@@ -217,6 +247,16 @@ class Problem:
         total = np.bincount(self.obs_track, sq, minlength=self.t)
         count = np.bincount(self.obs_track, minlength=self.t)
         return np.sqrt(total / np.maximum(count, 1))
+
+
+def smooth_path_basis(n: int, harmonics: int) -> np.ndarray:
+    """[n, m]: the low-order paths a frame's offset may follow: a constant, a linear drift over the orbit and
+    `harmonics` cosines and sines per turn (m = 2 + 2 * harmonics, at most n - 1 columns)."""
+    t = np.arange(n) / n
+    columns = [np.ones(n), t - 0.5]
+    for k in range(1, harmonics + 1):
+        columns += [np.cos(2 * np.pi * k * t), np.sin(2 * np.pi * k * t)]
+    return np.stack(columns[: max(1, n - 1)], 1)
 
 
 def trimmed(tracks: Tracks, errors: np.ndarray, cfg: BundleConfig) -> Tracks:
