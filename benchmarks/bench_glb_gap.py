@@ -11,7 +11,7 @@ Why the odd frames: at the training views the splats reproduce their own frames 
 view (they were optimised there), so a gap measured only there mixes the glb's loss with the splats' overfit.
 
     python benchmarks/bench_glb_gap.py [--frames 21] [--size 128] [--scene textured] [--case clean]
-        [--faces 50000,25000,12000] [--cache DIR]
+        [--faces 50000,25000,12000] [--textures 1024,512] [--cache DIR]
 """
 
 from __future__ import annotations
@@ -59,6 +59,11 @@ def main() -> None:
     parser.add_argument("--scene", default="textured", choices=sorted(bg.SCENES))
     parser.add_argument("--case", default="clean", help="a bench_generated degradation, 'all' or 'clean'")
     parser.add_argument("--faces", default="50000,25000,12000", help="face budgets, comma-separated")
+    parser.add_argument(
+        "--textures",
+        default="",
+        help="texture sides, comma-separated (default: the export's, capped by the frames)",
+    )
     parser.add_argument("--cache", type=Path, default=None, help="folder for the fit, reused")
     args = parser.parse_args()
 
@@ -90,8 +95,9 @@ def main() -> None:
         images = (rendered.clamp(0, 1).numpy() * 255).round()
         row.append(np.mean([psnr(a, b) for a, b in zip(images, truth, strict=True)]))
     print(f"{'splats':14} " + " ".join(f"{v:9.2f}" for v in row))
-    for faces in (int(f) for f in args.faces.split(",")):
-        export = dataclasses.replace(settings.export, faces=faces)
+    textures = [int(t) for t in args.textures.split(",")] if args.textures else [settings.export.texture_size]
+    for faces, texture in ((int(f), t) for f in args.faces.split(",") for t in textures):
+        export = dataclasses.replace(settings.export, faces=faces, texture_size=texture)
         start = time.perf_counter()
         asset = build_asset_mesh(surface.mesh, splats, train, export, np.eye(4), frames[even])
         seconds = time.perf_counter() - start
@@ -99,7 +105,7 @@ def main() -> None:
         for cameras, truth in judged.values():
             images = render_mesh(asset.mesh, cameras, args.size, bg.BACKGROUND)  # the frames' background
             row.append(np.mean([psnr(a, b) for a, b in zip(images, truth, strict=True)]))
-        label = f"glb {len(asset.mesh.faces)}"
+        label = f"glb {len(asset.mesh.faces)} {asset.texture.shape[0] if asset.texture is not None else '-'}"
         print(f"{label:14} " + " ".join(f"{v:9.2f}" for v in row) + f"  export {seconds:.1f} s")
 
 

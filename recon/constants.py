@@ -17,8 +17,10 @@ MIN_TEXTURE_SIZE = 64
 MAX_TEXTURE_SIZE = 8192  # 8192^2 texels x 3 bytes = 200 MB, and the bake holds a 3D point per texel
 # The texture's side is capped at this many times the frames' longest side. Measured (bench_export, 21
 # frames of 128 px, held-out glb PSNR at 256 px): textures of 512, 1024 and 2048 gave 23.76, 23.77 and
-# 23.77 dB, and the export took 17, 20 and 29 s; 8 keeps a margin over the 4 that already saturates.
-TEXELS_PER_FRAME_PIXEL = 8
+# 23.77 dB, and the export took 17, 20 and 29 s. Again at the 16k-face budget (bench_glb_gap.py
+# --textures; training / odd / above / below): 1024 23.50 / 23.02 / 22.33 / 20.77 dB in 6.5 s, 512 the
+# same in 5.0 s, 256 23.46 / 22.99 / 22.32 / 20.78. So 4; Droplet3D's 512 px frames keep 2048.
+TEXELS_PER_FRAME_PIXEL = 4
 # The face budget is capped at this many faces per pixel of one frame (a --faces or config value stays as
 # given). Small frames show no more surface than that: 21 frames of 128 px (benchmarks/bench_glb_gap.py;
 # held-out glb PSNR at the odd frames / above / below) gave 23.02 / 22.33 / 20.78 dB at 50k faces,
