@@ -70,7 +70,7 @@ class Priors:
     distance_smooth: float
     distance_bound: float
     path: float  # spread of each angle's offset from its low-order smooth path (0: no such prior)
-    harmonics: int  # that path's harmonics per turn
+    harmonics: int  # that path's harmonics over the video's frames (a turn, for a full orbit)
 
     @classmethod
     def of(cls, cfg: BundleConfig, orbit: OrbitConfig, fov_uncertainty: float | None) -> Priors:
@@ -89,8 +89,10 @@ class Problem:
 
     Parameters, in order: each `Channel`'s free frames (azimuth from frame 1: frame 0's is the gauge;
     elevation, unless held; log distance from frame 1: frame 0's is the scale gauge), the log focal scale
-    (unless held), the points. Residual rows: two per observation; per channel, the circle prior (one per
-    free frame) and the smoothness prior (one per inner frame); the lens prior (one, when the lens is free).
+    (unless held), the smooth path's coefficients of each angle (when `Priors.path` is on), the points.
+    Residual rows: two per observation; per channel, the circle prior (one per free frame), the smoothness
+    prior (one per inner frame) and, for the angles, the smooth-path prior (one per frame); the lens prior
+    (one, when the lens is free).
     """
 
     def __init__(
@@ -250,8 +252,9 @@ class Problem:
 
 
 def smooth_path_basis(n: int, harmonics: int) -> np.ndarray:
-    """[n, m]: the low-order paths a frame's offset may follow: a constant, a linear drift over the orbit and
-    `harmonics` cosines and sines per turn (m = 2 + 2 * harmonics, at most n - 1 columns)."""
+    """[n, m]: the low-order paths a frame's offset may follow: a constant, a linear drift over the video
+    and `harmonics` cosines and sines over its frames (per turn, for a full orbit; m = 2 + 2 * harmonics,
+    at most n - 1 columns)."""
     t = np.arange(n) / n
     columns = [np.ones(n), t - 0.5]
     for k in range(1, harmonics + 1):
