@@ -27,7 +27,9 @@ units of the tracker's noise (`BundleConfig.noise_px`):
   neighbours only, so where the tracks thin out (a generated video's back, whose detail changes from frame
   to frame) the frames there could wander together; the path ties them to what the rest of the turn draws;
 * *the lens*: the estimate already measured the fov, with an uncertainty (its bootstrap spread), so the
-  focal length may move within that spread, and further only where the tracks demand it.
+  focal length may move within that spread, and further only where the tracks demand it: a free lens that
+  ends at its bound is solved again with the spread and bound `BundleConfig.lens_widen` times wider (the
+  circle the estimate fits biases its lens on an uneven turn, by more than its spread says).
 
 Bounds make the worst case safe: no frame leaves the circle by more than `max_azimuth_deg` /
 `max_elevation_deg`, and the fov stays within `lens_bound` spreads of the estimate.
@@ -80,6 +82,8 @@ from recon.tracks import Tracks
 
 __all__ = ["CHOICES", "LOSSES", "BundleConfig", "BundleResult", "adjust"]
 
+# A free lens this close to its bound (a share of it) counts as stopped there (`BundleConfig.lens_widen`).
+LENS_AT_BOUND = 0.95
 HOLDOUT_SEED = 0  # which tracks are held out is fixed, so a run is repeatable
 # What the check can choose: the candidates (most freedom first), then the circle for want of tracks.
 CHOICES = ("adjusted", "lens held", "circle", "too few tracks", "no tracks")
@@ -198,7 +202,13 @@ def adjust(
     solutions: dict[str, Solution] = {}
     if len(check) >= MIN_CHECK_TRACKS:
         if free_focal:
-            solutions["adjusted"] = solve(fitting, nominal_az, orbit, free_el, True, cfg, priors)
+            adjusted = solve(fitting, nominal_az, orbit, free_el, True, cfg, priors)
+            if cfg.lens_widen > 1 and abs(adjusted.path.log_focal) >= LENS_AT_BOUND * priors.lens_bound:
+                wider = priors.widened(cfg.lens_widen)  # the tracks demand more (`BundleConfig.lens_widen`)
+                # From the circle again: started from the bounded solution (its tracks trimmed to agree with
+                # the wrong lens) the same seed-1 orbit stopped at 43.5 instead of 40.6.
+                adjusted = solve(fitting, nominal_az, orbit, free_el, True, cfg, wider)
+            solutions["adjusted"] = adjusted
         solutions["lens held"] = solve(fitting, nominal_az, orbit, free_el, False, cfg, priors)
 
     # 3. The check: the held-out tracks, triangulated and reprojected by each candidate and the circle.

@@ -9,7 +9,7 @@ after the first without the observations the one before left far off.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -71,6 +71,10 @@ class Priors:
     distance_bound: float
     path: float  # spread of each angle's offset from its low-order smooth path (0: no such prior)
     harmonics: int  # that path's harmonics over the video's frames (a turn, for a full orbit)
+
+    def widened(self, factor: float) -> Priors:
+        """These priors with the lens's spread and bound `factor` times wider."""
+        return replace(self, lens=self.lens * factor, lens_bound=self.lens_bound * factor)
 
     @classmethod
     def of(cls, cfg: BundleConfig, orbit: OrbitConfig, fov_uncertainty: float | None) -> Priors:
