@@ -199,22 +199,26 @@ def adjust(
     # 2. The candidates, solved without the held-out tracks: free lens, then the lens held.
     circle = OrbitPath.circle(nominal_az, orbit)
     focal = focal_from_fov(orbit.fov, tracks.height)
+
+    def held_out_error(path: OrbitPath) -> float:
+        """Median error of the held-out tracks, triangulated and reprojected by `path`'s cameras."""
+        return float(np.median(track_errors(check, path.c2w(), focal * math.exp(path.log_focal))))
+
     solutions: dict[str, Solution] = {}
     if len(check) >= MIN_CHECK_TRACKS:
         if free_focal:
             adjusted = solve(fitting, nominal_az, orbit, free_el, True, cfg, priors)
             if cfg.lens_widen > 1 and abs(adjusted.path.log_focal) >= LENS_AT_BOUND * priors.lens_bound:
-                wider = priors.widened(cfg.lens_widen)  # the tracks demand more (`BundleConfig.lens_widen`)
-                # From the circle again: started from the bounded solution (its tracks trimmed to agree with
-                # the wrong lens) the same seed-1 orbit stopped at 43.5 instead of 40.6.
-                adjusted = solve(fitting, nominal_az, orbit, free_el, True, cfg, wider)
+                # The tracks demand more (`BundleConfig.lens_widen`). From the circle again: started from the
+                # bounded solution (its tracks trimmed to agree with the wrong lens) the same seed-1 orbit
+                # stopped at 43.5 instead of 40.6. The wider lens must explain the held-out tracks better.
+                wider = solve(fitting, nominal_az, orbit, free_el, True, cfg, priors.widened(cfg.lens_widen))
+                if held_out_error(wider.path) < held_out_error(adjusted.path):
+                    adjusted = wider
             solutions["adjusted"] = adjusted
         solutions["lens held"] = solve(fitting, nominal_az, orbit, free_el, False, cfg, priors)
 
     # 3. The check: the held-out tracks, triangulated and reprojected by each candidate and the circle.
-    def held_out_error(path: OrbitPath) -> float:
-        return float(np.median(track_errors(check, path.c2w(), focal * math.exp(path.log_focal))))
-
     held_out = {name: held_out_error(solution.path) for name, solution in solutions.items()}
     held_out["circle"] = held_out_error(circle)
     choice = _choose(held_out, cfg) if solutions else "too few tracks"
