@@ -37,7 +37,8 @@ class BundleConfig:
     leave the line through its neighbours' offsets by about this much before the tracks must pay."""
     path_deg: float = 0.05
     """Spread of each frame's azimuth and elevation offset from a low-order smooth path through all of them
-    (a constant, a linear drift and `path_harmonics` cosines and sines per turn), degrees. A video model's
+    (a constant, a linear drift and `path_harmonics` cosines and sines over the video's frames: per turn,
+    for a full orbit), degrees. A video model's
     uneven speed and drifting elevation are slow over a turn; the second-difference prior above only holds
     frames to their neighbours, so where the tracks thin out (the back of a generated orbit, whose detail
     changes from frame to frame) the frames there wandered together, and the lens with them. This prior ties
@@ -46,9 +47,9 @@ class BundleConfig:
     texture-poor scene with every degradation 5.84 / +5.15 -> 2.90 / +2.50; speed alone 0.27 -> 0.18; zoom
     alone 0.33 -> 0.28. 0.02 and 0.2 were no better. 0 turns the prior off."""
     path_harmonics: int = 3
-    """Harmonics per turn of that smooth path (2 would be the benchmark's own uneven speed: no more than
-    0.2 degree better there, so the path is given room). 4 let the texture-poor scene's back wander again
-    (worst frame 4.9 degrees)."""
+    """Harmonics of that smooth path over the video's frames (2 would be the benchmark's own uneven speed:
+    no more than 0.2 degree better there, so the path is given room). 4 let the texture-poor scene's back
+    wander again (worst frame 4.9 degrees)."""
     free_distance: bool = True
     """Each frame's distance from the centre moves too (frame 0's is held: the scale gauge). A video model's
     camera drifts in and out a little; on a circle of fixed radius that drift must be explained by wrong
